@@ -1,0 +1,124 @@
+"""Pure data: events, gap reasons, timestamps. No I/O lives here.
+
+An :class:`Event` is encoded to its wire JSON exactly once, when it is
+published; every HTTP response, SSE frame, sink and log row reuses those bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "GAP_TOPIC",
+    "Event",
+    "GapReason",
+    "encode_payload",
+    "format_ts",
+    "parse_ts",
+]
+
+GAP_TOPIC = "gap"
+
+
+class GapReason(enum.StrEnum):
+    """Why a ``gap`` event was injected: consumers may have missed events."""
+
+    RECONNECTED_AFTER_DISCONNECT = "reconnected_after_disconnect"
+    PROCESS_RESTART = "process_restart"
+    #: A sink fell behind what retention kept and was moved to the head.
+    SINK_LAGGED = "sink_lagged"
+    #: A REST/SSE/tail consumer got 412 and resumed at the head (client side).
+    CURSOR_EXPIRED = "cursor_expired"
+
+
+def format_ts(epoch_seconds: float | None = None) -> str:
+    """RFC 3339 UTC with milliseconds and ``Z``, e.g. ``2026-11-30T03:02:23.123Z``."""
+    if epoch_seconds is None:
+        epoch_seconds = time.time()
+    ms = int(epoch_seconds * 1000)
+    secs, millis = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{millis:03d}Z"
+
+
+def parse_ts(text: str) -> float:
+    """Parse an RFC 3339 timestamp to epoch seconds; raises ``ValueError``.
+
+    A timezone is required (``Z`` or ``+hh:mm``): a naive time is ambiguous.
+    """
+    if not isinstance(text, str) or len(text) < 20 or text[10] not in "Tt ":
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
+    value = text[:-1] + "+00:00" if text[-1] in "Zz" else text
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp needs a timezone (Z or +hh:mm): {text!r}")
+    return parsed.astimezone(UTC).timestamp()
+
+
+def encode_payload(payload: Any) -> bytes:
+    """JSON-encode a payload object (used when a payload is not raw frame bytes)."""
+    return orjson.dumps(payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One captured event, in the wire shape of ``GET /events/{topic}``.
+
+    ``payload_json`` holds the payload's JSON bytes (for gateway frames, the
+    frame's own bytes, so nothing is re-encoded); ``json`` is the whole event
+    object, built once by :meth:`build`.
+    """
+
+    topic: str
+    cursor: int
+    received_at: str
+    reset_epoch: int
+    payload_json: bytes
+    json: bytes
+
+    @classmethod
+    def build(
+        cls,
+        topic: str,
+        cursor: int,
+        received_at: str,
+        reset_epoch: int,
+        payload_json: bytes,
+    ) -> Event:
+        """Create an event and encode its wire JSON (the only encode it gets)."""
+        encoded = b"".join(
+            (
+                b'{"cursor":',
+                str(cursor).encode(),
+                b',"topic":',
+                orjson.dumps(topic),
+                b',"received_at":"',
+                received_at.encode(),
+                b'","reset_epoch":',
+                str(reset_epoch).encode(),
+                b',"payload":',
+                payload_json,
+                b"}",
+            )
+        )
+        return cls(topic, cursor, received_at, reset_epoch, payload_json, encoded)
+
+    @property
+    def payload(self) -> Any:
+        """The decoded payload (decodes on every access; cache it if hot)."""
+        return orjson.loads(self.payload_json)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as a plain dict, the same as ``orjson.loads(event.json)``."""
+        return {
+            "cursor": self.cursor,
+            "topic": self.topic,
+            "received_at": self.received_at,
+            "reset_epoch": self.reset_epoch,
+            "payload": self.payload,
+        }
