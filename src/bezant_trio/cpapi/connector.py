@@ -1,0 +1,408 @@
+"""The gateway connector: one WebSocket, reconnected forever, feeding the hub.
+
+Connect → wait for the ready frame → subscribe → dispatch. Each connection
+lives in its own cancel scope and nursery (reader, keepalive, tickle,
+heartbeat watchdog, market-data wants); anything that ends the connection
+cancels that scope with a reason. The loop then backs off (exponential with
+jitter), reconnects, bumps ``reset_epoch`` and injects gap events.
+
+Imports the hub; never imports ``http`` or ``sinks``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+import trio
+import trio_websocket
+
+from bezant_trio.cpapi.frames import (
+    CHANNEL_COMMANDS,
+    FrameKind,
+    classify,
+    md_subscribe,
+    md_unsubscribe,
+)
+from bezant_trio.cpapi.session import GatewayError, GatewaySession
+from bezant_trio.model import GapReason, format_ts
+from bezant_trio.store.hub import Hub, marketdata_topic
+
+__all__ = ["Connector", "ConnectorSettings", "backoff_delay"]
+
+log = logging.getLogger(__name__)
+
+#: ``ech+hb`` goes out this often; the gateway wants one at least every 60 s.
+KEEPALIVE_INTERVAL = 30.0
+
+
+class ConnectorSettings:
+    """The knobs of ``gateway`` and ``events`` the connector reads."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        verify_tls: bool = False,
+        tickle_interval: float = 60.0,
+        heartbeat_timeout: float = 90.0,
+        ready_timeout: float = 5.0,
+        backoff_min: float = 1.0,
+        backoff_max: float = 60.0,
+        channels: tuple[str, ...] = ("orders", "pnl"),
+        capture_other: bool = True,
+        md_fields: tuple[str, ...] = ("31", "84", "86", "85", "88", "87"),
+        idle_unsubscribe: float = 300.0,
+        resubscribe_interval: float = 540.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.verify_tls = verify_tls
+        self.tickle_interval = tickle_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.ready_timeout = ready_timeout
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.channels = channels
+        self.capture_other = capture_other
+        self.md_fields = md_fields
+        self.idle_unsubscribe = idle_unsubscribe
+        self.resubscribe_interval = resubscribe_interval
+        self.connect_timeout = connect_timeout
+
+    @classmethod
+    def from_config(cls, config: Any) -> ConnectorSettings:
+        """Build from a :class:`bezant_trio.config.Config`."""
+        events = config.events
+        return cls(
+            url=config.gateway.url,
+            verify_tls=config.gateway.verify_tls,
+            tickle_interval=config.gateway.tickle_interval,
+            heartbeat_timeout=events.heartbeat_timeout,
+            ready_timeout=events.ready_timeout,
+            backoff_min=events.backoff.min,
+            backoff_max=events.backoff.max,
+            channels=tuple(events.channels),
+            capture_other=events.capture_other,
+            md_fields=tuple(events.marketdata.fields),
+            idle_unsubscribe=events.marketdata.idle_unsubscribe,
+            resubscribe_interval=events.marketdata.resubscribe_interval,
+        )
+
+
+def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:
+    """Delay before retry ``attempt`` (1-based): exponential from ``lo`` to ``hi``, equal jitter."""
+    ceiling = min(hi, lo * 2 ** max(0, attempt - 1))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+class _ConnectionEnded(Exception):
+    pass
+
+
+class Connector:
+    """Holds the gateway WebSocket open and publishes every frame into ``hub``."""
+
+    def __init__(self, hub: Hub, settings: ConnectorSettings, *, seed: int | None = None) -> None:
+        self.hub = hub
+        self.settings = settings
+        self._rng = random.Random(seed)
+        self.connected = False
+        self.reconnect_count = 0
+        self.connect_count = 0
+        self.last_error: str | None = None
+        self.state = "starting"
+        self.next_retry_in: float | None = None
+        self.frames: Counter[str] = Counter()
+        self.subscribed_conids: set[int] = set()
+        self._last_frame = 0.0  # trio clock
+        #: time.time() minus trio.current_time(), to report the last frame's wall time.
+        self._wall_offset = 0.0
+        self._ready_event = trio.Event()
+        self._subscribed_early = False
+        self._disconnected_at: str | None = None
+        self._end_reason: str | None = None
+        self._conn_scope: trio.CancelScope | None = None
+        self._ready = False
+
+    # ---------------------------------------------------------------- status
+
+    def status(self) -> dict[str, Any]:
+        """The connector's part of ``/events/_status``."""
+        subscribed = [c for c in self.settings.channels] if self.connected else []
+        subscribed += [marketdata_topic(c) for c in sorted(self.subscribed_conids)]
+        return {
+            "connected": self.connected,
+            "state": self.state,
+            "last_message_at": (
+                format_ts(self._wall_offset + self._last_frame) if self.connect_count else None
+            ),
+            "reconnect_count": self.reconnect_count,
+            "last_error": self.last_error,
+            "next_retry_in": self.next_retry_in,
+            "frames": dict(sorted(self.frames.items())),
+            "topics_subscribed": sorted(set(subscribed) | set(self.hub.topics())),
+        }
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=."""
+        if self.connected:
+            return f"connected, epoch {self.hub.reset_epoch}, {len(self.hub.topics())} topics"
+        if self.next_retry_in is not None:
+            return f"reconnecting in {self.next_retry_in:.0f} s: {self.last_error}"
+        return f"{self.state}: {self.last_error or 'connecting'}"
+
+    # ------------------------------------------------------------------- run
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect and reconnect until cancelled."""
+        session = GatewaySession(self.settings.url, verify_tls=self.settings.verify_tls)
+        task_status.started()
+        attempt = 0
+        try:
+            while True:
+                self.state = "connecting"
+                healthy = False
+                started = trio.current_time()
+                try:
+                    healthy = await self._connect_once(session)
+                except GatewayError as exc:
+                    self._record_error(str(exc))
+                except (OSError, ssl.SSLError, trio.BrokenResourceError) as exc:
+                    self._record_error(f"network: {type(exc).__name__}: {exc}")
+                except trio_websocket.HandshakeError as exc:
+                    self._record_error(f"websocket handshake failed: {exc!r}")
+                except _ConnectionEnded as exc:
+                    self._record_error(str(exc))
+                if self.connected:
+                    self._mark_disconnected()
+                lived = trio.current_time() - started
+                # A connection that reached ready and stayed up is not flapping.
+                attempt = 1 if healthy and lived >= self.settings.backoff_max else attempt + 1
+                delay = backoff_delay(
+                    attempt, self.settings.backoff_min, self.settings.backoff_max, self._rng
+                )
+                self.state = "backing_off"
+                self.next_retry_in = round(delay, 3)
+                log.warning(
+                    "gateway connection ended (%s); retrying in %.2f s", self.last_error, delay
+                )
+                await trio.sleep(delay)
+                self.next_retry_in = None
+        finally:
+            self.connected = False
+            with trio.CancelScope(shield=True):
+                await session.aclose()
+
+    def _record_error(self, message: str) -> None:
+        self.last_error = message
+
+    def _mark_disconnected(self) -> None:
+        self.connected = False
+        self._disconnected_at = format_ts()
+
+    def end_connection(self, reason: str) -> None:
+        """Cancel the current connection's scope; the loop reconnects."""
+        if self._conn_scope is not None and self._end_reason is None:
+            self._end_reason = reason
+            self._conn_scope.cancel()
+
+    async def _connect_once(self, session: GatewaySession) -> bool:
+        """One connection, from tickle to its end. Returns whether it got ready."""
+        session_id = await session.tickle()
+        settings = self.settings
+        self._end_reason = None
+        self._ready = False
+        try:
+            async with trio_websocket.open_websocket_url(
+                session.ws_url,
+                ssl_context=session.ssl_context(),
+                extra_headers=[GatewaySession.cookie_header(session_id)],
+                message_queue_size=4096,
+                max_message_size=4 * 1024 * 1024,
+                connect_timeout=settings.connect_timeout,
+                disconnect_timeout=2,
+            ) as ws:
+                await self._on_open()
+                with trio.CancelScope() as scope:
+                    self._conn_scope = scope
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._read_loop, ws, session_id)
+                        nursery.start_soon(self._watchdog)
+                        await self._wait_ready()
+                        await self._subscribe_all(ws)
+                        nursery.start_soon(self._keepalive, ws)
+                        nursery.start_soon(self._tickle_loop, session)
+                        nursery.start_soon(self._wants_loop, ws)
+                        nursery.start_soon(self._idle_reaper)
+                self._conn_scope = None
+                # The scope is only ever cancelled with a reason.
+                raise _ConnectionEnded(self._end_reason or "connection ended")
+        except trio_websocket.ConnectionClosed as exc:
+            raise _ConnectionEnded(f"socket closed: {exc.reason}") from None
+        except trio_websocket.DisconnectionTimeout:
+            raise _ConnectionEnded(self._end_reason or "socket close timed out") from None
+        finally:
+            self._conn_scope = None
+            self.subscribed_conids.clear()
+        return self._ready
+
+    async def _on_open(self) -> None:
+        self.connect_count += 1
+        self._last_frame = trio.current_time()
+        self._wall_offset = time.time() - self._last_frame
+        self._ready_event = trio.Event()
+        self.connected = True
+        self.state = "connected"
+        if self.connect_count > 1:
+            # Everything the gateway sent while we were away is gone upstream.
+            self.reconnect_count += 1
+            await self.hub.bump_epoch(
+                GapReason.RECONNECTED_AFTER_DISCONNECT,
+                disconnected_at=self._disconnected_at,
+                reconnected_at=format_ts(),
+            )
+        log.info("gateway websocket open (epoch %d)", self.hub.reset_epoch)
+
+    # ------------------------------------------------------------ conn tasks
+
+    async def _read_loop(self, ws: trio_websocket.WebSocketConnection, session_id: str) -> None:
+        hub = self.hub
+        frames = self.frames
+        capture_other = self.settings.capture_other
+        publish = hub.publish_json
+        clock = trio.current_time
+        while True:
+            try:
+                message = await ws.get_message()
+            except trio_websocket.ConnectionClosed as exc:
+                self.end_connection(f"socket closed by the gateway (code {exc.reason.code})")
+                return
+            self._last_frame = clock()
+            if isinstance(message, bytes):
+                frames["binary"] += 1
+            frame = classify(message, capture_other=capture_other)
+            kind = frame.kind
+            frames[kind] += 1
+            if kind is FrameKind.EVENT:
+                publish(frame.topic, frame.payload_json)  # type: ignore[arg-type]
+                if hub.backpressure:
+                    await hub.wait_writable()
+            elif kind is FrameKind.READY:
+                self._on_ready()
+                if self._subscribed_early:
+                    # Our subscriptions went out before ready and were dropped.
+                    await self._subscribe_all(ws)
+            elif kind is FrameKind.AUTH_LOST:
+                if frame.topic is not None:
+                    publish(frame.topic, frame.payload_json)  # type: ignore[arg-type]
+                self.end_connection("sts: the gateway reports authenticated=false")
+                return
+            elif kind is FrameKind.WAITING_SESSION:
+                await self._send(ws, orjson.dumps({"session": session_id}).decode())
+            elif kind is FrameKind.ERROR:
+                log.warning("gateway error frame: %.200s", message)
+
+    def _on_ready(self) -> None:
+        self._ready = True
+        self._ready_event.set()
+
+    async def _wait_ready(self) -> None:
+        self._subscribed_early = False
+        if self._ready:
+            return
+        with trio.move_on_after(self.settings.ready_timeout):
+            await self._ready_event.wait()
+            return
+        self._subscribed_early = True
+        log.warning(
+            "no ready frame from the gateway within %.1f s; subscribing anyway "
+            "(and again when it arrives)",
+            self.settings.ready_timeout,
+        )
+
+    async def _subscribe_all(self, ws: trio_websocket.WebSocketConnection) -> None:
+        for channel in self.settings.channels:
+            await self._send(ws, CHANNEL_COMMANDS[channel][0])
+        self.subscribed_conids.clear()
+        await self._sync_conids(ws)
+        if self._ready:
+            self._subscribed_early = False
+
+    async def _sync_conids(self, ws: trio_websocket.WebSocketConnection) -> None:
+        wanted = set(self.hub.wanted_conids())
+        for conid in sorted(self.subscribed_conids - wanted):
+            await self._send(ws, md_unsubscribe(conid))
+            self.subscribed_conids.discard(conid)
+        for conid in sorted(wanted - self.subscribed_conids):
+            await self._send(ws, md_subscribe(conid, self.settings.md_fields))
+            self.subscribed_conids.add(conid)
+
+    async def _wants_loop(self, ws: trio_websocket.WebSocketConnection) -> None:
+        interval = self.settings.resubscribe_interval
+        deadline = trio.current_time() + interval
+        while True:
+            with trio.move_on_at(deadline):
+                await self.hub.wants_changed.wait()
+            if trio.current_time() >= deadline:
+                # The gateway expires market-data subscriptions after ~10-15 min.
+                for conid in sorted(self.subscribed_conids):
+                    await self._send(ws, md_subscribe(conid, self.settings.md_fields))
+                deadline = trio.current_time() + interval
+            await self._sync_conids(ws)
+
+    async def _idle_reaper(self) -> None:
+        idle = self.settings.idle_unsubscribe
+        if idle <= 0:
+            return
+        while True:
+            await trio.sleep(max(idle / 4, 0.01))
+            for conid in self.hub.expire_idle_conids(idle):
+                log.info("market data for conid %d idle for %.0f s; unsubscribing", conid, idle)
+
+    async def _keepalive(self, ws: trio_websocket.WebSocketConnection) -> None:
+        while True:
+            await trio.sleep(KEEPALIVE_INTERVAL)
+            await self._send(ws, "ech+hb")
+
+    async def _send(self, ws: trio_websocket.WebSocketConnection, text: str) -> None:
+        """Send a command; a closed socket ends the connection instead of raising."""
+        try:
+            await ws.send_message(text)
+        except (
+            trio_websocket.ConnectionClosed,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        ):
+            self.end_connection("socket closed while sending a command")
+            await trio.sleep_forever()  # cancelled at once: the scope is cancelled
+
+    async def _tickle_loop(self, session: GatewaySession) -> None:
+        while True:
+            await trio.sleep(self.settings.tickle_interval)
+            try:
+                await session.tickle()
+            except GatewayError as exc:
+                # A 401 means the session is gone and the socket will only
+                # heartbeat from now on; a network hiccup is judged by the
+                # heartbeat watchdog instead.
+                self.last_error = str(exc)
+                if "401" in str(exc) or "not authenticated" in str(exc):
+                    self.end_connection(f"keepalive failed: {exc}")
+                    return
+
+    async def _watchdog(self) -> None:
+        # One check per interval instead of a timeout around every read: a
+        # cancel scope per frame costs more than the frame (PERF.md).
+        timeout = self.settings.heartbeat_timeout
+        while True:
+            silent_for = trio.current_time() - self._last_frame
+            if silent_for >= timeout:
+                self.end_connection(f"no frame from the gateway for {timeout:g} s (stalled socket)")
+                return
+            await trio.sleep(timeout - silent_for)

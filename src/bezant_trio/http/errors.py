@@ -1,0 +1,35 @@
+"""The JSON error envelope every route answers with: ``{"code", "message"}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from quart import Response
+
+__all__ = ["ApiError", "error_response", "json_response"]
+
+
+class ApiError(Exception):
+    """An error a handler raises to answer ``status`` with the envelope."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+    def to_response(self) -> Response:
+        return error_response(self.status, self.code, self.message, **self.extra)
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response from plain data (bytes are sent as they are)."""
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    return Response(data, status=status, headers=headers, content_type="application/json")
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
+    """``{"code": code, "message": message, ...extra}`` with ``status``."""
+    return json_response({"code": code, "message": message, **extra}, status=status)

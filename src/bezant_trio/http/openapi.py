@@ -1,0 +1,335 @@
+"""The OpenAPI 3.1 description of the HTTP surface, written by hand.
+
+``tests/test_openapi.py`` checks it against the app's routes and answers, so
+it stays truthful: every route, parameter and error code is listed here.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from bezant_trio import __version__
+
+__all__ = ["openapi_spec"]
+
+
+def _error(description: str, *codes: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "allOf": [{"$ref": "#/components/schemas/Error"}],
+                    "properties": {"code": {"enum": list(codes)}},
+                }
+            }
+        },
+    }
+
+
+def _json(description: str, ref: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}},
+    }
+
+
+_SINCE = {
+    "name": "since",
+    "in": "query",
+    "description": "Return events with a cursor strictly greater than this.",
+    "schema": {"type": "integer", "minimum": 0, "maximum": 999999999999999999, "default": 0},
+}
+_LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "description": "Most events to return; values above 1000 are capped at 1000.",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 999999999999999999, "default": 100},
+}
+_WAIT = {
+    "name": "wait",
+    "in": "query",
+    "description": "Long-poll: seconds to wait for an event after `since` before answering 204.",
+    "schema": {"type": "number", "minimum": 0, "maximum": 30, "default": 0},
+}
+_TOPIC = {
+    "name": "topic",
+    "in": "path",
+    "required": True,
+    "description": "A captured topic: orders, pnl, gap, trades, marketdata:<conid>, ntf, sts, ...",
+    "schema": {"type": "string", "pattern": r"^[a-z][a-z0-9_]{0,31}(:[A-Za-z0-9_.\-]{1,64})?$"},
+}
+_UNAUTHORIZED = _error(
+    "Missing or wrong bearer token (only when http.token is set).", "unauthorized"
+)
+_DISABLED = _error("Event capture is not running in this process.", "events_disabled")
+_NO_CONTENT = {
+    "description": "Caught up: no event after `since` (after waiting `wait` seconds).",
+    "headers": {
+        "x-bezant-cursor": {
+            "description": "The cursor to poll with next.",
+            "schema": {"type": "string"},
+        }
+    },
+}
+_EXPIRED = {
+    "description": "Events after `since` are gone (retention, or evicted with the log off): resume at head_cursor.",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CursorExpired"}}},
+}
+
+
+def _poll_responses(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        "200": _json("Events after `since`.", "EventPage"),
+        "204": _NO_CONTENT,
+        "400": _error("A query parameter is invalid.", "invalid_query", "invalid_topic"),
+        "401": _UNAUTHORIZED,
+        "412": _EXPIRED,
+        "503": _DISABLED,
+    }
+    responses.update(extra or {})
+    return responses
+
+
+@cache
+def openapi_spec() -> dict[str, Any]:
+    """The spec served at ``/openapi.json``."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "bezant-trio",
+            "version": __version__,
+            "description": "Captured IBKR Client Portal WebSocket events as per-topic cursor logs.",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                },
+                "CursorExpired": {
+                    "type": "object",
+                    "required": ["code", "message", "head_cursor", "reset_epoch"],
+                    "properties": {
+                        "code": {"const": "cursor_expired"},
+                        "message": {"type": "string"},
+                        "head_cursor": {"type": "integer"},
+                        "reset_epoch": {"type": "integer"},
+                    },
+                },
+                "Event": {
+                    "type": "object",
+                    "required": ["cursor", "topic", "received_at", "reset_epoch", "payload"],
+                    "properties": {
+                        "cursor": {"type": "integer", "minimum": 1},
+                        "topic": {"type": "string"},
+                        "received_at": {"type": "string", "format": "date-time"},
+                        "reset_epoch": {"type": "integer"},
+                        "payload": {},
+                    },
+                },
+                "EventPage": {
+                    "type": "object",
+                    "required": ["events", "next_cursor", "reset_epoch"],
+                    "properties": {
+                        "events": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Event"},
+                        },
+                        "next_cursor": {"type": "integer"},
+                        "reset_epoch": {"type": "integer"},
+                    },
+                },
+                "History": {
+                    "type": "object",
+                    "required": ["topic", "events", "count"],
+                    "properties": {
+                        "topic": {"type": "string"},
+                        "events": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Event"},
+                        },
+                        "count": {"type": "integer"},
+                    },
+                },
+                "Status": {
+                    "type": "object",
+                    "required": [
+                        "connected",
+                        "last_message_at",
+                        "reconnect_count",
+                        "uptime_seconds",
+                        "reset_epoch",
+                        "topics_subscribed",
+                        "buffer_sizes",
+                    ],
+                    "properties": {
+                        "connected": {"type": "boolean"},
+                        "last_message_at": {"type": ["string", "null"]},
+                        "reconnect_count": {"type": "integer"},
+                        "uptime_seconds": {"type": "integer"},
+                        "reset_epoch": {"type": "integer"},
+                        "topics_subscribed": {"type": "array", "items": {"type": "string"}},
+                        "buffer_sizes": {
+                            "type": "object",
+                            "additionalProperties": {"type": "integer"},
+                        },
+                        "wanted_conids": {"type": "array", "items": {"type": "integer"}},
+                        "last_error": {"type": ["string", "null"]},
+                        "frames": {"type": "object"},
+                        "log": {"type": ["object", "null"]},
+                        "sinks": {"type": "object"},
+                    },
+                },
+                "Health": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {
+                        "status": {"enum": ["ok", "degraded", "starting", "stopping"]},
+                        "connected": {"type": "boolean"},
+                        "log": {"type": ["string", "null"]},
+                    },
+                },
+            },
+        },
+        "security": [{"bearer": []}, {}],
+        "paths": {
+            "/events/_status": {
+                "get": {
+                    "summary": "Connector, ring, log and sink state.",
+                    "responses": {
+                        "200": _json("Status.", "Status"),
+                        "401": _UNAUTHORIZED,
+                        "503": _DISABLED,
+                    },
+                }
+            },
+            "/events/marketdata": {
+                "get": {
+                    "summary": "Market data for one conid; subscribes it upstream on first use.",
+                    "parameters": [
+                        {
+                            "name": "conid",
+                            "in": "query",
+                            "required": True,
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 999999999999999999,
+                            },
+                        },
+                        _SINCE,
+                        _LIMIT,
+                        _WAIT,
+                    ],
+                    "responses": _poll_responses(
+                        {
+                            "429": _error(
+                                "More conids wanted than events.marketdata.max_conids.",
+                                "too_many_conids",
+                            )
+                        }
+                    ),
+                }
+            },
+            "/events/{topic}": {
+                "get": {
+                    "summary": "Events of a topic after a cursor (orders, pnl, gap, marketdata:<conid>, ...).",
+                    "parameters": [_TOPIC, _SINCE, _LIMIT, _WAIT],
+                    "responses": _poll_responses(
+                        {
+                            "429": _error(
+                                "More conids wanted than events.marketdata.max_conids.",
+                                "too_many_conids",
+                            )
+                        }
+                    ),
+                }
+            },
+            "/events/{topic}/history": {
+                "get": {
+                    "summary": "Events from the durable log after a time or cursor.",
+                    "parameters": [
+                        _TOPIC,
+                        {
+                            "name": "since_ts",
+                            "in": "query",
+                            "description": "RFC 3339 timestamp (exclusive bound on received_at).",
+                            "schema": {"type": "string", "format": "date-time"},
+                        },
+                        {
+                            "name": "since_cursor",
+                            "in": "query",
+                            "description": "Exclusive cursor bound (instead of since_ts).",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 0,
+                                "maximum": 999999999999999999,
+                            },
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "description": "Most events to return; above 5000 is capped.",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 999999999999999999,
+                                "default": 500,
+                            },
+                        },
+                    ],
+                    "responses": {
+                        "200": _json("Events ordered by cursor.", "History"),
+                        "400": _error(
+                            "A query parameter is invalid.", "invalid_query", "invalid_topic"
+                        ),
+                        "401": _UNAUTHORIZED,
+                        "503": _error(
+                            "Capture or the durable log is off.",
+                            "events_disabled",
+                            "events_history_disabled",
+                        ),
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "summary": "Liveness and readiness; never needs the token.",
+                    "security": [{}],
+                    "responses": {
+                        "200": _json("Serving (ok or degraded).", "Health"),
+                        "503": _json("Starting or stopping.", "Health"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus text exposition.",
+                    "responses": {
+                        "200": {
+                            "description": "Metrics.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "401": _UNAUTHORIZED,
+                        "404": _error("Metrics are not enabled.", "not_found"),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document.",
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.1.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "401": _UNAUTHORIZED,
+                    },
+                }
+            },
+        },
+    }

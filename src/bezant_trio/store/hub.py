@@ -1,0 +1,523 @@
+"""The hub: assigns cursors, owns the rings, the epoch and the log writer.
+
+Everything captured goes through :meth:`Hub.publish`; everything served
+(HTTP, SSE, sinks) comes out of :meth:`Hub.read` and :meth:`Hub.wait`. The hub
+knows nothing about the gateway protocol or HTTP.
+
+Visibility rule: with the durable log on, an event becomes visible to readers
+only once the transaction holding it has committed, so a cursor handed to a
+reader always maps to the same event, even after ``kill -9``. If the log
+fails while running (disk full, I/O error) the hub goes *degraded*: events
+are made visible from memory and kept in a backlog the writer retries.
+Because those cursors were shown before they were durable, a start after an
+unclean stop moves every topic's cursor ahead by :data:`UNCLEAN_CURSOR_SKIP`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from bezant_trio.model import GAP_TOPIC, Event, GapReason, encode_payload
+from bezant_trio.store.ring import ReadStatus, TopicRing
+
+__all__ = [
+    "UNCLEAN_CURSOR_SKIP",
+    "Hub",
+    "HubRead",
+    "TooManyConids",
+    "marketdata_topic",
+]
+
+log = logging.getLogger(__name__)
+
+#: How far cursors jump after an unclean stop (see the module docstring).
+UNCLEAN_CURSOR_SKIP = 1_000_000
+#: At most this many events go into one log transaction.
+MAX_BATCH = 5000
+#: Pending (not yet committed) events above which publishers are asked to wait.
+MAX_PENDING = 50_000
+#: A long-poller woken for fewer than ``limit`` events waits this long for more
+#: (memory-only mode; with the log on, group commit already batches wake-ups).
+WAKE_COALESCE = 0.001
+
+
+def marketdata_topic(conid: int) -> str:
+    """The topic name market data for ``conid`` is captured under."""
+    return f"marketdata:{conid}"
+
+
+class TooManyConids(Exception):
+    """More conids are wanted than ``events.marketdata.max_conids`` allows."""
+
+
+@dataclass(frozen=True, slots=True)
+class HubRead:
+    """The answer to a read: events after ``since``, or why there are none."""
+
+    events: list[Event]
+    #: The cursor to poll with next (the last event's, or ``since``).
+    next_cursor: int
+    #: The newest visible cursor of the topic (0 if it never had an event).
+    head_cursor: int
+    #: Events after ``since`` are gone (retention, ring eviction without log, or
+    #: a cursor from another cursor space).
+    expired: bool = False
+    #: Whether the topic has ever had an event.
+    known: bool = True
+
+
+class _Timestamps:
+    """RFC 3339 ms timestamps, formatting the seconds part once per second."""
+
+    __slots__ = ("_prefix", "_sec")
+
+    def __init__(self) -> None:
+        self._sec = -1
+        self._prefix = ""
+
+    def now(self) -> str:
+        ms = int(time.time() * 1000)
+        sec, millis = divmod(ms, 1000)
+        if sec != self._sec:
+            self._sec = sec
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
+        return f"{self._prefix}{millis:03d}Z"
+
+
+@dataclass
+class _LogState:
+    degraded: bool = False
+    last_error: str | None = None
+    last_commit_at: str | None = None
+    commit_latency_ms: float | None = None
+    commits: int = 0
+    committed_events: int = 0
+    #: Events made visible without being durable (degraded mode), to retry.
+    backlog: list[Event] = field(default_factory=list)
+
+
+class Hub:
+    """Per-topic cursor logs in memory, optionally backed by an ``EventLog``.
+
+    ``capacity_for`` maps a topic to its ring capacity. ``event_log`` is a
+    :class:`bezant_trio.store.log.EventLog` (or ``None`` for memory only); its
+    methods are called off the Trio thread.
+    """
+
+    def __init__(
+        self,
+        capacity_for: Callable[[str], int],
+        *,
+        event_log: Any = None,
+        max_conids: int = 100,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._capacity_for = capacity_for
+        self.event_log = event_log
+        self.max_conids = max_conids
+        self._clock = clock
+        self._rings: dict[str, TopicRing] = {}
+        #: Next cursor to assign, per topic (cursor of the last *assigned* event).
+        self._assigned: dict[str, int] = {}
+        self._wakeups: dict[str, trio.Event] = {}
+        self._pending: list[Event] = []
+        self._pending_ready = trio.Event()
+        self._pending_drained = trio.Event()
+        self._ts = _Timestamps()
+        self._closing = False
+        self.reset_epoch = 0
+        self.started_at = time.time()
+        self.published: dict[str, int] = {}
+        self.log_state = _LogState()
+        #: conid -> monotonic time of the last poll that wanted it.
+        self._wanted: dict[int, float] = {}
+        self.wants_changed = trio.Event()
+        #: Called with (latency_seconds, event_count) after every commit (metrics).
+        self.commit_observers: list[Callable[[float, int], None]] = []
+
+    # ------------------------------------------------------------------ start
+
+    async def open(self, *, start_epoch: int | None = None) -> None:
+        """Load state from the log (if any), bump the epoch, inject restart gaps.
+
+        Without a log the epoch starts at 1 and no gap is injected. With one,
+        cursors continue from the log, the rings are warmed from its newest
+        events, and a ``process_restart`` gap goes into every known topic if
+        the log held anything.
+        """
+        if self.event_log is None:
+            self.reset_epoch = start_epoch if start_epoch is not None else 1
+            return
+        elog = self.event_log
+        state = await trio.to_thread.run_sync(_load_log_state, elog, self._capacity_for)
+        unclean = state["run_state"] == "running"
+        skip = UNCLEAN_CURSOR_SKIP if unclean and not state["empty"] else 0
+        for topic, last in state["last_cursors"].items():
+            newest = state["newest"].get(topic, [])
+            # With no rows left (retention removed them all) the ring starts
+            # empty at the topic's last cursor, so the cursor space continues.
+            ring = TopicRing(topic, self._capacity_for(topic), last_cursor=0 if newest else last)
+            for event in newest:
+                ring.append(event)
+            self._rings[topic] = ring
+            self._assigned[topic] = last + skip
+        self.reset_epoch = max(state["epoch"], start_epoch or 0) + 1
+        await trio.to_thread.run_sync(_mark_running, elog, self.reset_epoch)
+        if unclean:
+            log.warning(
+                "the event log was not closed cleanly; cursors continue %d past the last "
+                "committed one so none shown before the crash is reused",
+                skip,
+            )
+        if not state["empty"]:
+            self._inject_gaps(GapReason.PROCESS_RESTART, disconnected_at=None)
+
+    async def close(self) -> None:
+        """Wake every waiter, flush what is pending and mark the log clean."""
+        self._closing = True
+        for event in self._wakeups.values():
+            event.set()
+        self._wakeups.clear()
+        if self.event_log is not None:
+            with trio.move_on_after(30):
+                while self._pending and not self.log_state.degraded:
+                    drained = self._drained_event()
+                    self._pending_ready.set()
+                    await drained.wait()
+            if not self._pending and not self.log_state.backlog:
+                await trio.to_thread.run_sync(_mark_clean, self.event_log)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    # ---------------------------------------------------------------- publish
+
+    def publish(self, topic: str, payload: Any) -> Event:
+        """Capture ``payload`` (any JSON-able object) under ``topic``."""
+        return self.publish_json(topic, encode_payload(payload))
+
+    def publish_json(self, topic: str, payload_json: bytes) -> Event:
+        """Capture an already-encoded JSON payload (a gateway frame's bytes).
+
+        Never blocks. With the log on, the event becomes visible once its batch
+        commits; callers that produce fast should ``await wait_writable()``.
+        """
+        cursor = self._assigned.get(topic, 0) + 1
+        self._assigned[topic] = cursor
+        event = Event.build(topic, cursor, self._ts.now(), self.reset_epoch, payload_json)
+        self.published[topic] = self.published.get(topic, 0) + 1
+        if self.event_log is None or self.log_state.degraded:
+            if self.log_state.degraded:
+                self.log_state.backlog.append(event)
+            self._make_visible((event,))
+        else:
+            self._pending.append(event)
+            if len(self._pending) == 1:
+                self._pending_ready.set()
+        return event
+
+    @property
+    def backpressure(self) -> bool:
+        """Whether publishers should ``await wait_writable()`` before going on."""
+        return len(self._pending) > MAX_PENDING
+
+    async def wait_writable(self) -> None:
+        """Wait while too many events are waiting for the log writer."""
+        while len(self._pending) > MAX_PENDING and not self._closing:
+            await self._drained_event().wait()
+
+    def _drained_event(self) -> trio.Event:
+        # One shared event per drain: every waiter waits on the one the writer sets.
+        if self._pending_drained.is_set():
+            self._pending_drained = trio.Event()
+        return self._pending_drained
+
+    def _make_visible(self, events: Iterable[Event]) -> None:
+        rings = self._rings
+        touched: set[str] = set()
+        for event in events:
+            ring = rings.get(event.topic)
+            if ring is None:
+                ring = rings[event.topic] = TopicRing(event.topic, self._capacity_for(event.topic))
+            ring.append(event)
+            touched.add(event.topic)
+        wakeups = self._wakeups
+        for topic in touched:
+            waiter = wakeups.pop(topic, None)
+            if waiter is not None:
+                waiter.set()
+
+    # ------------------------------------------------------------------ epoch
+
+    async def bump_epoch(
+        self,
+        reason: GapReason,
+        *,
+        disconnected_at: str | None = None,
+        reconnected_at: str | None = None,
+    ) -> int:
+        """Start a new epoch and inject a gap event into every known topic and ``gap``."""
+        self.reset_epoch += 1
+        if self.event_log is not None:
+            try:
+                await trio.to_thread.run_sync(self.event_log.store_epoch, self.reset_epoch)
+            except Exception as exc:  # any log failure degrades, never stops capture
+                self._enter_degraded(exc)
+        self._inject_gaps(reason, disconnected_at=disconnected_at, reconnected_at=reconnected_at)
+        return self.reset_epoch
+
+    def _inject_gaps(
+        self,
+        reason: GapReason,
+        *,
+        disconnected_at: str | None,
+        reconnected_at: str | None = None,
+    ) -> None:
+        now = self._ts.now()
+        payload = encode_payload(
+            {
+                "reason": str(reason),
+                "new_reset_epoch": self.reset_epoch,
+                "disconnected_at": disconnected_at,
+                "reconnected_at": reconnected_at or now,
+            }
+        )
+        for topic in sorted(self._assigned):
+            if topic != GAP_TOPIC:
+                self.publish_json(topic, payload)
+        self.publish_json(GAP_TOPIC, payload)
+
+    # ------------------------------------------------------------------ reads
+
+    def head(self, topic: str) -> int:
+        """The newest visible cursor of ``topic`` (0 if none)."""
+        ring = self._rings.get(topic)
+        return ring.last if ring is not None else 0
+
+    def topics(self) -> list[str]:
+        """Every topic that has visible events, sorted."""
+        return sorted(self._rings)
+
+    async def read(self, topic: str, since: int, limit: int) -> HubRead:
+        """Events of ``topic`` with cursor strictly after ``since`` (at most ``limit``).
+
+        Served from the ring when ``since`` is within it, else from the log.
+        """
+        ring = self._rings.get(topic)
+        if ring is None:
+            return HubRead([], since, 0, known=False)
+        answer = ring.read_since(since, limit)
+        if answer.status is ReadStatus.OK:
+            events = answer.events
+            return HubRead(events, events[-1].cursor if events else since, ring.last)
+        if answer.status is ReadStatus.AHEAD:
+            return HubRead([], since, ring.last, expired=True)
+        if self.event_log is None:
+            return HubRead([], since, ring.last, expired=True)
+        events, pruned_upto = await trio.to_thread.run_sync(
+            _read_log, self.event_log, topic, since, limit
+        )
+        if pruned_upto > since:
+            return HubRead([], since, ring.last, expired=True)
+        # The log may hold committed events the ring does not show yet; never
+        # hand out more than is visible, so responses stay monotonic.
+        events = [e for e in events if e.cursor <= ring.last]
+        return HubRead(events, events[-1].cursor if events else since, ring.last)
+
+    async def wait(self, topic: str, since: int, timeout: float, *, limit: int = 1) -> bool:
+        """Wait up to ``timeout`` seconds for an event after ``since``; True if one exists.
+
+        Returns early (False) when the hub is closing, so long-polls end at shutdown.
+        """
+        if self.head(topic) > since:
+            return True
+        with trio.move_on_after(timeout):
+            while self.head(topic) <= since and not self._closing:
+                waiter = self._wakeups.get(topic)
+                if waiter is None:
+                    waiter = self._wakeups[topic] = trio.Event()
+                await waiter.wait()
+            if self.event_log is None and 0 < self.head(topic) - since < limit:
+                await trio.sleep(WAKE_COALESCE)
+        return self.head(topic) > since
+
+    # ------------------------------------------------------------- log writer
+
+    async def run_writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Commit pending events in batches; make each batch visible once committed."""
+        task_status.started()
+        if self.event_log is None:
+            await trio.sleep_forever()
+        retry_delay = 0.05
+        while True:
+            if self.log_state.degraded:
+                await trio.sleep(retry_delay)
+                retry_delay = min(retry_delay * 2, 5.0)
+                await self._retry_backlog()
+                continue
+            if not self._pending:
+                self._pending_drained.set()
+                self._pending_ready = trio.Event()
+                await self._pending_ready.wait()
+                continue
+            batch = self._pending[:MAX_BATCH]
+            try:
+                latency = await trio.to_thread.run_sync(self.event_log.append, batch)
+            except Exception as exc:  # a failing log degrades, never stops capture
+                self._enter_degraded(exc)
+                retry_delay = 0.05
+                continue
+            del self._pending[: len(batch)]
+            self._record_commit(latency, len(batch))
+            self._make_visible(batch)
+            if len(self._pending) <= MAX_PENDING:
+                self._pending_drained.set()
+
+    async def _retry_backlog(self) -> None:
+        backlog = self.log_state.backlog
+        try:
+            while True:
+                while backlog:
+                    batch = backlog[:MAX_BATCH]
+                    latency = await trio.to_thread.run_sync(self.event_log.append, batch)
+                    del backlog[: len(batch)]
+                    self._record_commit(latency, len(batch))
+                await trio.to_thread.run_sync(self.event_log.store_epoch, self.reset_epoch)
+                if not backlog:  # no checkpoint since the check: nothing can sneak in
+                    break
+        except Exception as exc:  # still failing: stay degraded and retry later
+            self.log_state.last_error = _describe(exc)
+            return
+        log.warning("event log recovered; the backlog is committed")
+        self.log_state.degraded = False
+
+    def _enter_degraded(self, exc: BaseException) -> None:
+        """Serve from memory: make everything pending visible and keep it to retry."""
+        if not self.log_state.degraded:
+            log.error(
+                "event log write failed, serving from memory and retrying: %s", _describe(exc)
+            )
+        self.log_state.degraded = True
+        self.log_state.last_error = _describe(exc)
+        pending, self._pending = self._pending, []
+        self.log_state.backlog.extend(pending)
+        self._make_visible(pending)
+        self._pending_drained.set()
+
+    def _record_commit(self, latency: float, count: int) -> None:
+        state = self.log_state
+        state.commits += 1
+        state.committed_events += count
+        state.commit_latency_ms = round(latency * 1000, 3)
+        state.last_commit_at = self._ts.now()
+        for observer in self.commit_observers:
+            observer(latency, count)
+
+    # ------------------------------------------------------------ market data
+
+    def want_conid(self, conid: int) -> bool:
+        """Record that a poller wants market data for ``conid``; True if new.
+
+        Raises :class:`TooManyConids` when a new conid would exceed the limit.
+        """
+        is_new = conid not in self._wanted
+        if is_new and len(self._wanted) >= self.max_conids:
+            raise TooManyConids(
+                f"already {len(self._wanted)} market-data conids wanted (max_conids={self.max_conids}); "
+                "stop polling some or raise events.marketdata.max_conids"
+            )
+        self._wanted[conid] = self._clock()
+        if is_new:
+            self._signal_wants()
+        return is_new
+
+    def wanted_conids(self) -> list[int]:
+        """Every conid some poller wants, sorted."""
+        return sorted(self._wanted)
+
+    def expire_idle_conids(self, idle_seconds: float) -> list[int]:
+        """Forget conids nobody polled for ``idle_seconds``; returns them."""
+        now = self._clock()
+        idle = [c for c, seen in self._wanted.items() if now - seen >= idle_seconds]
+        for conid in idle:
+            del self._wanted[conid]
+        if idle:
+            self._signal_wants()
+        return idle
+
+    def _signal_wants(self) -> None:
+        self.wants_changed.set()
+        self.wants_changed = trio.Event()
+
+    # ----------------------------------------------------------------- status
+
+    def status(self) -> dict[str, Any]:
+        """The hub's part of ``/events/_status``."""
+        state = self.log_state
+        out: dict[str, Any] = {
+            "reset_epoch": self.reset_epoch,
+            "buffer_sizes": {t: len(r) for t, r in sorted(self._rings.items())},
+            "head_cursors": {t: r.last for t, r in sorted(self._rings.items())},
+            "events_published": dict(sorted(self.published.items())),
+            "wanted_conids": self.wanted_conids(),
+            "pending": len(self._pending),
+        }
+        if self.event_log is not None:
+            out["log"] = {
+                "path": getattr(self.event_log, "path", None),
+                "state": "degraded" if state.degraded else "ok",
+                "last_error": state.last_error,
+                "last_commit_at": state.last_commit_at,
+                "commit_latency_ms": state.commit_latency_ms,
+                "commits": state.commits,
+                "committed_events": state.committed_events,
+                "backlog": len(state.backlog),
+            }
+        else:
+            out["log"] = None
+        return out
+
+    def uptime_seconds(self) -> int:
+        return int(time.time() - self.started_at)
+
+
+# ------------------------------------------------------------ thread helpers
+# These run in worker threads via trio.to_thread; they only touch the log.
+
+
+def _load_log_state(elog: Any, capacity_for: Callable[[str], int]) -> dict[str, Any]:
+    last_cursors = elog.last_cursors()
+    return {
+        "epoch": elog.load_epoch(),
+        "empty": elog.is_empty(),
+        "run_state": elog.get_meta("run_state"),
+        "last_cursors": last_cursors,
+        "newest": {t: elog.newest(t, capacity_for(t)) for t in last_cursors},
+    }
+
+
+def _mark_running(elog: Any, epoch: int) -> None:
+    elog.store_epoch(epoch)
+    elog.set_meta("run_state", "running")
+
+
+def _mark_clean(elog: Any) -> None:
+    elog.set_meta("run_state", "clean")
+
+
+def _read_log(elog: Any, topic: str, since: int, limit: int) -> tuple[list[Event], int]:
+    return elog.read_since(topic, since, limit), elog.pruned_upto(topic)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{type(exc).__name__}: {text}"

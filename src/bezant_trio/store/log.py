@@ -1,0 +1,752 @@
+"""The durable SQLite event log: appends, cursor and time reads, retention, checkpoints.
+
+Owns the database file at ``store.path`` (and its ``-wal``/``-shm`` siblings):
+its schema and forward migrations, group-committed appends, reads by cursor
+and by received time, retention pruning, the persisted ``reset_epoch``, small
+key/value metadata, and the per-sink delivery checkpoints.
+
+Must not touch: Trio (this module is synchronous; the hub calls it through
+``trio.to_thread.run_sync``), cursor assignment, epoch policy or gap events
+(the hub decides, this module only stores), the in-memory ring, HTTP and sinks.
+
+Threading: there is one writer connection, guarded by a lock, so any thread
+may write but one at a time. Reads use a small pool of their own connections:
+in WAL mode a reader sees the last committed state and never waits for a long
+write transaction (a prune batch, a big append) to finish.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+
+from bezant_trio.model import Event, format_ts, parse_ts
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "EventLog",
+    "LogError",
+    "LogOpenError",
+    "LogStats",
+    "LogWriteError",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class LogError(Exception):
+    """Base error of the event log; ``str()`` is one line saying what to check."""
+
+
+class LogOpenError(LogError):
+    """The log cannot be opened (bad path, not a database, corrupt, newer schema)."""
+
+
+class LogWriteError(LogError):
+    """A write failed while running (disk full, I/O error, read-only, locked).
+
+    The transaction was rolled back; retrying the same call later is safe.
+    """
+
+
+_V1 = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+CREATE TABLE events (
+    topic       TEXT    NOT NULL,
+    cursor      INTEGER NOT NULL,
+    reset_epoch INTEGER NOT NULL,
+    received_at TEXT    NOT NULL,
+    received_ms INTEGER NOT NULL,
+    payload     BLOB    NOT NULL,
+    PRIMARY KEY (topic, cursor)
+) WITHOUT ROWID;
+CREATE INDEX events_topic_received ON events (topic, received_ms);
+CREATE TABLE topics (
+    topic       TEXT    PRIMARY KEY NOT NULL,
+    last_cursor INTEGER NOT NULL,
+    pruned_upto INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE checkpoints (
+    sink       TEXT    NOT NULL,
+    topic      TEXT    NOT NULL,
+    cursor     INTEGER NOT NULL,
+    updated_at TEXT    NOT NULL,
+    PRIMARY KEY (sink, topic)
+);
+"""
+
+#: Forward migrations; entry ``i`` takes a file from version ``i`` to ``i + 1``.
+#: Append only: files in the field have already run every shipped entry, so an
+#: entry is never edited. Each runs in one transaction with the version bump.
+MIGRATIONS: list[str] = [_V1]
+
+#: The schema version this build writes (the number of migrations).
+SCHEMA_VERSION: int = len(MIGRATIONS)
+
+_BUSY_TIMEOUT_S = 5.0
+_MAX_IDLE_READERS = 4
+#: Lets SQLite truncate the WAL after a checkpoint: a big prune would
+#: otherwise leave a WAL file as large as the biggest transaction, forever.
+_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+_WRITER_CACHE_KIB = 16 * 1024
+_EPOCH_KEY = "reset_epoch"
+
+_INSERT_EVENT = (
+    "INSERT OR IGNORE INTO events"
+    " (topic, cursor, reset_epoch, received_at, received_ms, payload)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_TOPIC = (
+    "INSERT INTO topics (topic, last_cursor) VALUES (?, ?)"
+    " ON CONFLICT (topic) DO UPDATE SET last_cursor = max(last_cursor, excluded.last_cursor)"
+)
+_EVENT_COLUMNS = "SELECT cursor, received_at, reset_epoch, payload FROM events"
+
+
+@dataclass(frozen=True)
+class LogStats:
+    """Size and contents of the log, for ``/events/_status`` and metrics."""
+
+    path: str
+    #: The database file plus its write-ahead log.
+    size_bytes: int
+    events: int
+    oldest_received_at: str | None
+
+
+class EventLog:
+    """A durable per-topic event log in one SQLite file (WAL).
+
+    Create it with :meth:`open`. Every method is synchronous and thread-safe:
+    writes serialise on one connection, reads run on pooled connections of
+    their own. Reads return :class:`~bezant_trio.model.Event` objects ordered
+    by cursor ascending.
+    """
+
+    path: str
+
+    def __init__(self, path: str, conn: sqlite3.Connection, event_count: int) -> None:
+        """Wrap an opened, migrated writer connection; use :meth:`open` instead."""
+        self.path = path
+        self._conn = conn
+        # Re-entrant so prune can keep the lock across a batch and its counter update.
+        self._lock = threading.RLock()
+        self._readers_lock = threading.Lock()
+        self._idle_readers: list[sqlite3.Connection] = []
+        self._closed = False
+        self._event_count = event_count
+        # One-entry cache for _received_ms: consecutive events share their second.
+        self._ms_prefix = ""
+        self._ms_base = 0
+
+    # ------------------------------------------------------------------ open/close
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, synchronous: str = "normal") -> EventLog:
+        """Open (creating it and its directories if missing) and migrate the log at ``path``.
+
+        ``synchronous`` is ``"normal"`` (a commit survives a process crash) or
+        ``"full"`` (it also survives a power loss). Runs ``PRAGMA quick_check``,
+        which reads the whole file. Raises :class:`LogOpenError`.
+        """
+        mode = synchronous.lower() if isinstance(synchronous, str) else ""
+        if mode not in ("normal", "full"):
+            raise LogOpenError(f"store.synchronous must be 'normal' or 'full', not {synchronous!r}")
+        text_path = os.path.abspath(os.fspath(path))
+        parent = os.path.dirname(text_path)
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as err:
+            raise LogOpenError(
+                f"cannot create the directory {parent} for the event log {text_path}"
+                f" ({err.strerror or err}); check store.path and its permissions"
+            ) from err
+        if os.path.isdir(text_path):
+            raise LogOpenError(
+                f"the event log path {text_path} is a directory; point store.path at a file"
+            )
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(
+                text_path,
+                timeout=_BUSY_TIMEOUT_S,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # any thread may write, serialised by our lock
+            )
+            _configure_writer(conn, text_path, mode)
+            _quick_check(conn, text_path)
+            _migrate(conn, text_path, MIGRATIONS)
+            event_count = conn.execute("SELECT count(*) FROM events").fetchall()[0][0]
+        except LogOpenError:
+            _close_quietly(conn)
+            raise
+        except sqlite3.Error as err:
+            _close_quietly(conn)
+            raise LogOpenError(_explain_open_error(text_path, err)) from err
+        return cls(text_path, conn, event_count)
+
+    def close(self) -> None:
+        """Close every connection; idempotent. Readers in use close when they finish."""
+        with self._lock:
+            with self._readers_lock:
+                if self._closed:
+                    return
+                self._closed = True
+                idle, self._idle_readers = self._idle_readers, []
+            for reader in idle:
+                _close_quietly(reader)
+            # The last connection to close checkpoints the WAL into the main file.
+            _close_quietly(self._conn)
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ epoch + topics
+
+    def load_epoch(self) -> int:
+        """The stored ``reset_epoch``; 0 if none was ever stored."""
+        value = self.get_meta(_EPOCH_KEY)
+        return int(value) if value is not None else 0
+
+    def store_epoch(self, epoch: int) -> None:
+        """Persist ``reset_epoch`` (committed before this returns)."""
+        self.set_meta(_EPOCH_KEY, str(int(epoch)))
+
+    def last_cursors(self) -> dict[str, int]:
+        """Per topic, the highest cursor ever committed (pruning never lowers it)."""
+        with self._reading() as conn:
+            rows = conn.execute("SELECT topic, last_cursor FROM topics").fetchall()
+        return dict(rows)
+
+    def is_empty(self) -> bool:
+        """True if no event was ever committed to this log."""
+        with self._reading() as conn:
+            return not conn.execute("SELECT 1 FROM topics LIMIT 1").fetchall()
+
+    def topics(self) -> list[str]:
+        """Every topic that ever had an event, sorted (including fully pruned ones)."""
+        with self._reading() as conn:
+            rows = conn.execute("SELECT topic FROM topics ORDER BY topic").fetchall()
+        return [row[0] for row in rows]
+
+    # ------------------------------------------------------------------ writes
+
+    def append(self, events: Sequence[Event]) -> float:
+        """Commit ``events`` in one transaction; returns how long it took, in seconds.
+
+        Also raises each topic's ``last_cursor``. An event whose (topic, cursor)
+        is already stored is skipped, so retrying a batch is safe. Raises
+        :class:`LogWriteError` (after rolling back) if the disk refuses the write.
+        """
+        if not events:
+            return 0.0
+        with self._lock:
+            started = time.perf_counter()
+            received_ms = self._received_ms
+            rows = []
+            highest: dict[str, int] = {}
+            for event in events:
+                topic = event.topic
+                cursor = event.cursor
+                rows.append(
+                    (
+                        topic,
+                        cursor,
+                        event.reset_epoch,
+                        event.received_at,
+                        received_ms(event.received_at),
+                        event.payload_json,
+                    )
+                )
+                if cursor > highest.get(topic, -1):
+                    highest[topic] = cursor
+            with self._write_txn("appending events") as conn:
+                inserted = conn.executemany(_INSERT_EVENT, rows).rowcount
+                conn.executemany(_UPSERT_TOPIC, highest.items())
+            self._event_count += max(inserted, 0)
+            return time.perf_counter() - started
+
+    # ------------------------------------------------------------------ reads
+
+    def read_since(self, topic: str, since: int, limit: int) -> list[Event]:
+        """Up to ``limit`` events of ``topic`` with ``cursor > since``."""
+        if limit <= 0:
+            return []
+        return self._events(
+            topic,
+            f"{_EVENT_COLUMNS} WHERE topic = ? AND cursor > ? ORDER BY cursor LIMIT ?",
+            (topic, since, limit),
+        )
+
+    def read_range(self, topic: str, after: int, upto: int) -> list[Event]:
+        """Every event of ``topic`` with ``after < cursor <= upto``."""
+        if upto <= after:
+            return []
+        return self._events(
+            topic,
+            f"{_EVENT_COLUMNS} WHERE topic = ? AND cursor > ? AND cursor <= ? ORDER BY cursor",
+            (topic, after, upto),
+        )
+
+    def newest(self, topic: str, n: int) -> list[Event]:
+        """The ``n`` newest events of ``topic``, oldest first."""
+        if n <= 0:
+            return []
+        events = self._events(
+            topic,
+            f"{_EVENT_COLUMNS} WHERE topic = ? ORDER BY cursor DESC LIMIT ?",
+            (topic, n),
+        )
+        events.reverse()
+        return events
+
+    def first_cursor(self, topic: str) -> int | None:
+        """The oldest cursor of ``topic`` still stored; None if none is."""
+        with self._reading() as conn:
+            rows = conn.execute("SELECT min(cursor) FROM events WHERE topic = ?", (topic,))
+            return rows.fetchall()[0][0]
+
+    def history(
+        self,
+        topic: str,
+        *,
+        since_ts: float | None = None,
+        since_cursor: int | None = None,
+        limit: int = 500,
+    ) -> list[Event]:
+        """Up to ``limit`` events of ``topic`` received after ``since_ts`` (epoch seconds)
+        and/or with ``cursor > since_cursor``; both bounds exclusive, by cursor.
+
+        With neither bound, starts at the oldest stored event.
+        """
+        if limit <= 0:
+            return []
+        after = -1 if since_cursor is None else since_cursor
+        if since_ts is None:
+            return self.read_since(topic, after, limit)
+        # received_ms > since_ts*1000 ⇔ received_ms > floor of it; rounding to
+        # microseconds first keeps a ts parsed from an event's own received_at
+        # (1700000000.123 → 1700000000122.99998 ms) exclusive of that event.
+        since_ms = round(since_ts * 1_000_000) // 1000
+        with self._reading() as conn:
+            # Seek with the time index, then read by cursor: "received_ms > ? ORDER
+            # BY cursor" alone would sort every newer row to return `limit` of them.
+            first = conn.execute(
+                "SELECT cursor FROM events WHERE topic = ? AND received_ms > ?"
+                " ORDER BY received_ms, cursor LIMIT 1",
+                (topic, since_ms),
+            ).fetchall()
+            if not first:
+                return []
+            rows = conn.execute(
+                f"{_EVENT_COLUMNS} WHERE topic = ? AND cursor >= ? AND cursor > ?"
+                " AND received_ms > ? ORDER BY cursor LIMIT ?",
+                (topic, first[0][0], after, since_ms, limit),
+            ).fetchall()
+        return _build_events(topic, rows)
+
+    # ------------------------------------------------------------------ retention
+
+    def prune(
+        self,
+        retention_days_for: Callable[[str], float | None],
+        *,
+        now: float,
+        max_events_per_topic: int | None = None,
+        batch: int = 5000,
+    ) -> int:
+        """Delete expired events; returns how many rows went.
+
+        Per topic, drops events received more than ``retention_days_for(topic)``
+        days before ``now`` (None or ``math.inf`` keeps them forever; any finite
+        number is applied as is, so 0 drops everything received before ``now``),
+        and any beyond the newest ``max_events_per_topic``. Deletes the oldest
+        cursors first, at most ``batch`` rows per transaction, so appends wait
+        for one short transaction at most. Deletion stops at the first event that
+        must stay, so what is kept is always an unbroken run of cursors above
+        ``pruned_upto`` (an event stamped older than a kept one, after a clock
+        step, waits until that one expires). ``last_cursor`` is never changed.
+        """
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, not {batch}")
+        if max_events_per_topic is not None and max_events_per_topic < 0:
+            raise ValueError(f"max_events_per_topic must be >= 0, not {max_events_per_topic}")
+        deleted = 0
+        for topic in self.topics():
+            days = retention_days_for(topic)
+            cutoff_ms: float | None = None
+            if days is not None and math.isfinite(days):
+                cutoff_ms = (now - days * 86400.0) * 1000.0
+            if cutoff_ms is None and max_events_per_topic is None:
+                continue
+            deleted += self._prune_topic(topic, cutoff_ms, max_events_per_topic, batch)
+        return deleted
+
+    def pruned_upto(self, topic: str) -> int:
+        """The highest cursor of ``topic`` deleted by retention; 0 if none was."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT pruned_upto FROM topics WHERE topic = ?", (topic,)
+            ).fetchall()
+        return rows[0][0] if rows else 0
+
+    # ------------------------------------------------------------------ sink checkpoints
+
+    def load_checkpoints(self, sink: str) -> dict[str, int]:
+        """Per topic, the last cursor ``sink`` has delivered."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT topic, cursor FROM checkpoints WHERE sink = ?", (sink,)
+            ).fetchall()
+        return dict(rows)
+
+    def store_checkpoints(self, sink: str, checkpoints: Mapping[str, int]) -> None:
+        """Upsert ``sink``'s checkpoints for the given topics in one transaction."""
+        if not checkpoints:
+            return
+        updated_at = format_ts()
+        rows = [(sink, topic, cursor, updated_at) for topic, cursor in checkpoints.items()]
+        with self._lock, self._write_txn("storing sink checkpoints") as conn:
+            conn.executemany(
+                "INSERT INTO checkpoints (sink, topic, cursor, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (sink, topic) DO UPDATE"
+                " SET cursor = excluded.cursor, updated_at = excluded.updated_at",
+                rows,
+            )
+
+    def delete_checkpoints(self, sink: str) -> None:
+        """Forget every checkpoint of ``sink``."""
+        with self._lock, self._write_txn("deleting sink checkpoints") as conn:
+            conn.execute("DELETE FROM checkpoints WHERE sink = ?", (sink,))
+
+    # ------------------------------------------------------------------ meta
+
+    def get_meta(self, key: str) -> str | None:
+        """A stored metadata value; None if unset. ``reset_epoch`` is reserved."""
+        with self._reading() as conn:
+            rows = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchall()
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a metadata value (committed before this returns)."""
+        with self._lock, self._write_txn("storing metadata") as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def stats(self) -> LogStats:
+        """File size, number of stored events and the oldest received time."""
+        size = 0
+        for suffix in ("", "-wal"):
+            try:
+                size += os.stat(self.path + suffix).st_size
+            except FileNotFoundError:
+                pass
+        oldest: tuple[int, str] | None = None
+        with self._reading() as conn:
+            topics = [row[0] for row in conn.execute("SELECT topic FROM topics").fetchall()]
+            # One index seek per topic: min(received_ms) over the whole table
+            # cannot use the (topic, received_ms) index and would scan it.
+            for topic in topics:
+                rows = conn.execute(
+                    "SELECT received_ms, received_at FROM events WHERE topic = ?"
+                    " ORDER BY received_ms LIMIT 1",
+                    (topic,),
+                ).fetchall()
+                if rows and (oldest is None or rows[0][0] < oldest[0]):
+                    oldest = rows[0]
+        return LogStats(
+            path=self.path,
+            size_bytes=size,
+            events=self._event_count,
+            oldest_received_at=oldest[1] if oldest else None,
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    def _prune_topic(
+        self, topic: str, cutoff_ms: float | None, keep: int | None, batch: int
+    ) -> int:
+        over_count_upto = 0
+        if keep is not None:
+            with self._reading() as conn:
+                rows = conn.execute(
+                    "SELECT cursor FROM events WHERE topic = ? ORDER BY cursor DESC LIMIT 1 OFFSET ?",
+                    (topic, keep),
+                ).fetchall()
+            over_count_upto = rows[0][0] if rows else 0
+        total = 0
+        while True:
+            with self._lock:
+                with self._write_txn("pruning expired events") as conn:
+                    rows = conn.execute(
+                        "SELECT cursor, received_ms FROM events WHERE topic = ?"
+                        " ORDER BY cursor LIMIT ?",
+                        (topic, batch),
+                    ).fetchall()
+                    upto = None
+                    for cursor, received_ms in rows:
+                        if cursor <= over_count_upto or (
+                            cutoff_ms is not None and received_ms < cutoff_ms
+                        ):
+                            upto = cursor
+                        else:
+                            break
+                    if upto is None:
+                        return total
+                    removed = conn.execute(
+                        "DELETE FROM events WHERE topic = ? AND cursor <= ?", (topic, upto)
+                    ).rowcount
+                    conn.execute(
+                        "UPDATE topics SET pruned_upto = max(pruned_upto, ?) WHERE topic = ?",
+                        (upto, topic),
+                    )
+                self._event_count -= removed
+            total += removed
+            if upto != rows[-1][0]:
+                return total
+
+    @contextmanager
+    def _write_txn(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction on the writer; the caller holds ``_lock``."""
+        if self._closed:
+            raise LogError(f"the event log {self.path} is closed")
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except sqlite3.ProgrammingError:
+            # Misuse (wrong bindings, closed connection) is a bug, not a retryable fault.
+            self._rollback()
+            raise
+        except sqlite3.DatabaseError as err:
+            self._rollback()
+            raise LogWriteError(
+                f"{what} in the event log {self.path} failed ({err}); check free disk space"
+                " and that the file and its directory are writable"
+            ) from err
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if not self._conn.in_transaction:
+            return
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error as err:
+            logger.warning("rolling back in the event log %s failed: %s", self.path, err)
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A pooled read connection; sqlite errors become :class:`LogError`."""
+        conn = self._take_reader()
+        healthy = False
+        try:
+            yield conn
+            healthy = True
+        except sqlite3.Error as err:
+            raise LogError(
+                f"reading the event log {self.path} failed ({err}); check the disk"
+                " and the file's permissions"
+            ) from err
+        finally:
+            self._give_back(conn, healthy=healthy)
+
+    def _take_reader(self) -> sqlite3.Connection:
+        with self._readers_lock:
+            if self._closed:
+                raise LogError(f"the event log {self.path} is closed")
+            if self._idle_readers:
+                return self._idle_readers.pop()
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=_BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,  # pooled: used by one thread at a time
+            )
+            conn.execute("PRAGMA query_only = 1")
+        except sqlite3.Error as err:
+            raise LogError(
+                f"opening a read connection to the event log {self.path} failed ({err});"
+                " check the file's permissions and the process's open-file limit"
+            ) from err
+        return conn
+
+    def _give_back(self, conn: sqlite3.Connection, *, healthy: bool) -> None:
+        with self._readers_lock:
+            if healthy and not self._closed and len(self._idle_readers) < _MAX_IDLE_READERS:
+                self._idle_readers.append(conn)
+                return
+        _close_quietly(conn)
+
+    def _events(self, topic: str, sql: str, params: tuple[object, ...]) -> list[Event]:
+        with self._reading() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return _build_events(topic, rows)
+
+    def _received_ms(self, received_at: str) -> int:
+        """Epoch milliseconds of a ``format_ts`` string (called under ``_lock``)."""
+        text = received_at
+        if len(text) == 24 and text[19] == "." and text[23] == "Z":
+            prefix = text[:19]
+            try:
+                if prefix != self._ms_prefix:
+                    self._ms_base = _epoch_seconds(prefix) * 1000
+                    self._ms_prefix = prefix
+                return self._ms_base + int(text[20:23])
+            except ValueError:
+                pass  # not format_ts output after all; parse_ts says why
+        return round(parse_ts(text) * 1000)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _build_events(topic: str, rows: list[tuple[int, str, int, bytes]]) -> list[Event]:
+    build = Event.build
+    return [
+        build(topic, cursor, received_at, reset_epoch, payload)
+        for cursor, received_at, reset_epoch, payload in rows
+    ]
+
+
+def _epoch_seconds(prefix: str) -> int:
+    """``YYYY-MM-DDTHH:MM:SS`` (UTC) to epoch seconds; ValueError if malformed."""
+    if prefix[4] != "-" or prefix[7] != "-" or prefix[13] != ":" or prefix[16] != ":":
+        raise ValueError(prefix)
+    return calendar.timegm(
+        (
+            int(prefix[0:4]),
+            int(prefix[5:7]),
+            int(prefix[8:10]),
+            int(prefix[11:13]),
+            int(prefix[14:16]),
+            int(prefix[17:19]),
+            0,
+            0,
+            0,
+        )
+    )
+
+
+def _configure_writer(conn: sqlite3.Connection, path: str, synchronous: str) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
+    if str(mode).lower() != "wal":
+        # Still correct, but readers now wait for writers; say so once.
+        logger.warning(
+            "the event log %s could not use WAL (journal_mode=%s); reads will wait for writes",
+            path,
+            mode,
+        )
+    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
+    conn.execute(f"PRAGMA cache_size = -{_WRITER_CACHE_KIB}")
+
+
+def _quick_check(conn: sqlite3.Connection, path: str) -> None:
+    rows = conn.execute("PRAGMA quick_check").fetchall()
+    problems = [str(row[0]) for row in rows if row[0] != "ok"]
+    if problems:
+        first = " ".join(problems[0].split())
+        raise LogOpenError(
+            f"the event log {path} failed its integrity check ({first}); move the file"
+            " aside or point store.path elsewhere"
+        )
+
+
+def _migrate(conn: sqlite3.Connection, path: str, migrations: Sequence[str]) -> None:
+    """Bring the file up to ``len(migrations)``, one transaction per step."""
+    tables = {
+        row[0]
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+    }
+    if "schema_version" in tables:
+        current = conn.execute("SELECT max(version) FROM schema_version").fetchall()[0][0] or 0
+    elif tables:
+        raise LogOpenError(
+            f"{path} is a SQLite database but not a bezant-trio event log (no schema_version"
+            " table); point store.path elsewhere"
+        )
+    else:
+        current = 0
+    target = len(migrations)
+    if current > target:
+        raise LogOpenError(
+            f"the event log {path} was written by a newer bezant-trio (schema {current} >"
+            f" {target}); upgrade or point store.path elsewhere"
+        )
+    for version in range(current + 1, target + 1):
+        # BEGIN inside the script: executescript() would commit a transaction
+        # opened outside it before running, splitting the step in two.
+        script = (
+            "BEGIN IMMEDIATE;\n"
+            f"{migrations[version - 1]}\n;\n"
+            "DELETE FROM schema_version;\n"
+            f"INSERT INTO schema_version (version) VALUES ({version});\n"
+            "COMMIT;"
+        )
+        try:
+            conn.executescript(script)
+        except sqlite3.Error as err:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise LogOpenError(
+                f"migrating the event log {path} from schema {version - 1} to {version}"
+                f" failed ({err}); the file is unchanged, check free disk space and permissions"
+            ) from err
+        logger.info("event log %s migrated to schema %d", path, version)
+
+
+def _explain_open_error(path: str, err: sqlite3.Error) -> str:
+    name = getattr(err, "sqlite_errorname", "") or ""
+    text = " ".join(str(err).split())
+    if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or "not a database" in text:
+        return (
+            f"{path} is not a readable bezant-trio event log ({text}); move the file aside"
+            " or point store.path elsewhere"
+        )
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        return (
+            f"the event log {path} is locked by another process ({text}); is another"
+            " bezant-trio using the same store.path?"
+        )
+    return (
+        f"cannot open the event log {path} ({text}); check that the file and its directory"
+        " are writable and the disk is not full"
+    )
+
+
+def _close_quietly(conn: sqlite3.Connection | None) -> None:
+    if conn is None:
+        return
+    try:
+        conn.close()
+    except sqlite3.Error as err:
+        logger.warning("closing an event log connection failed: %s", err)
