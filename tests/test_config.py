@@ -586,6 +586,12 @@ def test_directory_instead_of_file_is_an_error(tmp_path: Path) -> None:
         load_config(tmp_path, env={})
 
 
+def test_unsafe_yaml_tags_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "shutdown_grace: !!python/object/apply:os.getpid []\n")
+    with pytest.raises(ConfigError, match="YAML syntax error at line 1"):
+        load_config(path, env={})
+
+
 def test_config_error_survives_pickling() -> None:
     err = pickle.loads(pickle.dumps(ConfigError("a.b", "bad")))
     assert (err.key, err.message, str(err)) == ("a.b", "bad", "a.b: bad")
@@ -726,6 +732,11 @@ def test_retention_days_for_uses_topic_then_family_then_default() -> None:
     assert EventsConfig().capacity_for("sts") == 1000
 
 
+def test_hand_built_tables_without_default_fall_back_to_built_in_default() -> None:
+    assert EventsConfig(capacity={"orders": 5}).capacity_for("marketdata:1") == 1000
+    assert StoreConfig(retention_days={}).retention_days_for("orders") == 30
+
+
 # --------------------------------------------------------------------------- properties
 
 _KNOWN_KEYS = [
@@ -796,18 +807,24 @@ _documents = st.recursive(
 )
 
 
-def _near_valid(schema: Any) -> st.SearchStrategy[Any]:
-    """Documents shaped like the schema, with any value possibly replaced by junk."""
+def _near_valid(schema: Any, *, top: bool = False) -> st.SearchStrategy[Any]:
+    """Documents shaped like the schema, any part of which may be replaced by junk.
+
+    Junk is weighted low so that a good share of documents is valid and the
+    round trip in ``_check_outcome`` is exercised too.
+    """
     if isinstance(schema, dict):
-        return (
-            st.fixed_dictionaries(
-                {}, optional={key: _near_valid(value) for key, value in schema.items()}
-            )
-            | _documents
+        valid: st.SearchStrategy[Any] = st.fixed_dictionaries(
+            {}, optional={key: _near_valid(value) for key, value in schema.items()}
         )
-    if isinstance(schema, list):
-        return st.lists(st.sampled_from(schema) | _scalars, max_size=4) | _documents
-    return st.just(schema) | _scalars
+    elif isinstance(schema, list):
+        valid = st.lists(st.sampled_from(schema), max_size=len(schema), unique_by=repr)
+    else:
+        valid = st.just(schema)
+    if top:
+        return valid
+    junk = _scalars | _documents
+    return st.sampled_from(range(12)).flatmap(lambda roll: junk if roll == 0 else valid)
 
 
 _SCHEMA = default_config().to_dict() | {
@@ -844,13 +861,13 @@ def _check_outcome(build: Any) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(document=_documents | _near_valid(_SCHEMA), env=_envs)
+@given(document=_documents | _near_valid(_SCHEMA, top=True), env=_envs)
 def test_any_document_gives_a_config_or_a_config_error(document: Any, env: dict[str, str]) -> None:
     _check_outcome(lambda: config_from_mapping(document, env=env))
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(document=_near_valid(_SCHEMA))
+@given(document=_near_valid(_SCHEMA, top=True))
 def test_any_yaml_file_gives_a_config_or_a_config_error(document: Any) -> None:
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "config.yaml"
@@ -867,4 +884,24 @@ def test_any_file_content_gives_a_config_or_a_config_error(text: str | bytes) ->
             path.write_bytes(text)
         else:
             path.write_text(text, encoding="utf-8")
+        _check_outcome(lambda: load_config(path, env={}))
+
+
+_YAML_PIECES = [
+    *"abc:{}[]-&*!<>|'\"#\n \t.,019%@`?~=",
+    "gateway",
+    "url",
+    "on",
+    "yes",
+    "!!binary",
+    "<<",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.lists(st.sampled_from(_YAML_PIECES), max_size=60).map("".join))
+def test_yaml_shaped_text_gives_a_config_or_a_config_error(text: str) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "config.yaml"
+        path.write_text(text, encoding="utf-8")
         _check_outcome(lambda: load_config(path, env={}))

@@ -173,7 +173,7 @@ class EventsConfig:
 
     def capacity_for(self, topic: str) -> int:
         """Ring size for ``topic``: its own key, else its family (``marketdata:N``), else default."""
-        return _lookup_topic(self.capacity, topic)
+        return _lookup_topic(self.capacity, topic, _DEFAULT_CAPACITY["default"])
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,7 @@ class StoreConfig:
 
     def retention_days_for(self, topic: str) -> float:
         """Days kept for ``topic``: its own key, else its family (``marketdata:N``), else default."""
-        return _lookup_topic(self.retention_days, topic)
+        return _lookup_topic(self.retention_days, topic, _DEFAULT_RETENTION_DAYS["default"])
 
 
 @dataclass(frozen=True)
@@ -715,7 +715,9 @@ def _section(path: str, value: object, allowed: Sequence[str]) -> Mapping[Any, A
     for key in value:
         if not isinstance(key, str) or key not in allowed:
             hint = _suggest(key, allowed)
-            if not hint:
+            if isinstance(key, bool):
+                hint = " (YAML reads unquoted yes/no/on/off keys as booleans; quote the key)"
+            elif not hint:
                 hint = f" (expected one of: {', '.join(allowed)})"
             raise ConfigError(_join(path, key), f"unknown key{hint}")
     return value
@@ -824,13 +826,15 @@ def _is_loopback_host(host: str) -> bool:
     return address.is_loopback
 
 
-def _lookup_topic(table: Mapping[str, _T], topic: str) -> _T:
+def _lookup_topic(table: Mapping[str, _T], topic: str, fallback: _T) -> _T:
+    # ``fallback`` only matters for a table built by hand without "default";
+    # loaded configs always carry it.
     if topic in table:
         return table[topic]
     family, sep, _ = topic.partition(":")
     if sep and family in table:
         return table[family]
-    return table["default"]
+    return table.get("default", fallback)
 
 
 def _plain(value: Any) -> Any:
@@ -917,9 +921,14 @@ def _parse_yaml(raw: bytes | str, source: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = exc.problem or exc.context or "invalid YAML"
-        context = f" ({exc.context})" if exc.context and exc.problem else ""
-        raise ConfigError(source, f"YAML syntax error{where}: {problem}{context}") from None
+        if exc.problem and exc.context and not exc.context.startswith("while"):
+            # e.g. "expected a single document in the stream, but found another document"
+            detail = f"{exc.context}, {exc.problem}"
+        elif exc.problem and exc.context:
+            detail = f"{exc.problem} ({exc.context})"
+        else:
+            detail = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError(source, f"YAML syntax error{where}: {detail}") from None
     except yaml.YAMLError as exc:  # e.g. ReaderError: bad encoding, control characters
         raise ConfigError(source, f"YAML error: {exc}") from None
     except ValueError as exc:  # e.g. an integer past Python's 4300-digit limit

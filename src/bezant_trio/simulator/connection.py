@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import trio
 from wsproto.connection import Connection as WsProtocol
 from wsproto.connection import ConnectionState
@@ -53,7 +52,6 @@ _BATCH_FRAMES = 512
 # Control items bypass the stall gate: a stalled gateway still answers pings
 # and can still be told to close.
 _CONTROL_KINDS = frozenset({"close", "pong"})
-_DROP_MODES = ("abrupt", "close", "reset")
 
 
 def _now_ms() -> int:
@@ -474,8 +472,3 @@ class WsConnection:
         if command.kind == "tic":
             return "ignored"
         return "unknown"
-
-
-def encode_json(frame: Any) -> str:
-    """A frame's JSON text, as the gateway sends it (compact, no spaces)."""
-    return orjson.dumps(frame).decode()

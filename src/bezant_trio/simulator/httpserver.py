@@ -150,15 +150,15 @@ async def _send_response(
 
 async def _accept_websocket(
     app: HttpApp, stream: trio.abc.Stream, conn: h11.Connection, request: Request
-) -> bool:
-    """Answer an upgrade request; True if the stream now belongs to a WebSocket."""
+) -> WsProtocol | None:
+    """Answer an upgrade request: the WebSocket protocol object, or None if refused."""
     rejection = app.websocket_rejection(request)
     key = request.headers.get("sec-websocket-key")
     if rejection is None and (not key or request.headers.get("sec-websocket-version") != "13"):
         rejection = Response(400, {"error": "bad WebSocket handshake (key/version 13)"})
     if rejection is not None:
         await _send_response(stream, conn, rejection, close=True)
-        return False
+        return None
     assert key is not None
     # No subprotocol and no extension is negotiated, so server frames are plain
     # RFC 6455 frames: burst mode relies on that to pre-encode them.
@@ -173,9 +173,7 @@ async def _accept_websocket(
     )
     await stream.send_all(conn.send(handshake) or b"")
     trailing, _closed = conn.trailing_data
-    ws = WsProtocol(ConnectionType.SERVER, trailing_data=trailing)
-    await app.handle_websocket(request, stream, ws)
-    return True
+    return WsProtocol(ConnectionType.SERVER, trailing_data=trailing)
 
 
 async def serve_http_connection(app: HttpApp, stream: trio.abc.Stream) -> None:
@@ -202,7 +200,11 @@ async def serve_http_connection(app: HttpApp, stream: trio.abc.Stream) -> None:
             if request is None:
                 return
             if request.is_websocket_upgrade:
-                handed_off = await _accept_websocket(app, stream, conn, request)
+                ws = await _accept_websocket(app, stream, conn, request)
+                if ws is not None:
+                    # From here the WebSocket owns (and closes) the stream.
+                    handed_off = True
+                    await app.handle_websocket(request, stream, ws)
                 return
             response = await app.handle_request(request)
             await _send_response(stream, conn, response)

@@ -1,0 +1,220 @@
+"""``bezant-trio run | demo | simulate | tail | check-config``.
+
+Bad configuration or an impossible start-up prints one line on stderr and
+exits 2; nothing here ever prints a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import trio
+
+from bezant_trio import __version__
+from bezant_trio.config import Config, ConfigError, config_from_mapping, load_config
+
+__all__ = ["main"]
+
+log = logging.getLogger("bezant_trio")
+
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bezant-trio`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bezant-trio",
+        description="Capture IBKR Client Portal WebSocket events into durable cursor logs.",
+    )
+    parser.add_argument("--version", action="version", version=f"bezant-trio {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", help="YAML config (default ./config.yaml if present)")
+    _add_log_args(run)
+    run.set_defaults(func=_cmd_run)
+
+    demo = sub.add_parser("demo", help="run the daemon against an embedded simulated gateway")
+    demo.add_argument("--bind", default="127.0.0.1:8080", help="HTTP bind (default 127.0.0.1:8080)")
+    demo.add_argument("--state-dir", default="./state", help="where the demo keeps its event log")
+    demo.add_argument("--memory", action="store_true", help="no durable log")
+    demo.add_argument(
+        "--conid", type=int, action="append", default=None, help="conid to stream (repeatable)"
+    )
+    _add_log_args(demo)
+    demo.set_defaults(func=_cmd_demo)
+
+    simulate = sub.add_parser("simulate", help="run only the gateway simulator")
+    simulate.add_argument("args", nargs=argparse.REMAINDER, help="simulator options (--help)")
+    simulate.set_defaults(func=_cmd_simulate)
+
+    check = sub.add_parser("check-config", help="validate and print the effective config")
+    check.add_argument("--config", help="YAML config (default ./config.yaml if present)")
+    check.set_defaults(func=_cmd_check_config)
+
+    tail = sub.add_parser("tail", help="print a topic's events as JSON lines (long-poll)")
+    tail.add_argument("topic")
+    tail.add_argument(
+        "--since", type=int, default=None, help="start after this cursor (default: head)"
+    )
+    tail.add_argument("--url", default=os.environ.get("BEZANT_URL", "http://127.0.0.1:8080"))
+    tail.add_argument("--token", default=os.environ.get("BEZANT_API_TOKEN"))
+    tail.add_argument("--wait", type=float, default=25.0, help="long-poll seconds")
+    tail.set_defaults(func=_cmd_tail)
+    return parser
+
+
+def _add_log_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default=os.environ.get("BEZANT_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+
+
+def _config_error(exc: Exception) -> int:
+    print(f"bezant-trio: {exc}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def _load(path: str | None) -> Config:
+    return load_config(path)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        return _config_error(exc)
+    sys.stdout.write(
+        orjson.dumps(config.to_dict(mask_secrets=True), option=orjson.OPT_INDENT_2).decode() + "\n"
+    )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from bezant_trio.logs import setup_logging
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        return _config_error(exc)
+    setup_logging(args.log_level, args.log_format)
+    config_path = args.config or ("config.yaml" if os.path.exists("config.yaml") else None)
+    return _run_daemon(config, config_path)
+
+
+def _run_daemon(config: Config, config_path: str | None, *, before: Any = None) -> int:
+    from bezant_trio.daemon import Daemon, StartupError, run_until_signalled
+
+    daemon = Daemon(config, config_path=config_path)
+
+    async def _main() -> None:
+        if before is None:
+            await run_until_signalled(daemon)
+            return
+        async with trio.open_nursery() as nursery:
+            await before(nursery, daemon)
+            await run_until_signalled(daemon)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(_main)
+    except BaseException as exc:  # unwrap nursery groups to find a start-up error
+        startup = _find(exc, (StartupError, ConfigError))
+        if startup is not None:
+            return _config_error(startup)
+        raise
+    return 0
+
+
+def _find(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
+    if isinstance(exc, types):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, types)
+            if found is not None:
+                return found
+    return None
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from bezant_trio.logs import setup_logging
+    from bezant_trio.simulator import GatewaySimulator
+
+    setup_logging(args.log_level, args.log_format)
+    conids = args.conid or [265598, 8314]
+    simulator = GatewaySimulator(
+        tls=True, rates={"orders": 2.0, "pnl": 1.0, "trades": 0.5, "marketdata": 5.0}
+    )
+    store_path = None if args.memory else os.path.join(args.state_dir, "demo-events.db")
+
+    async def before(nursery: trio.Nursery, daemon: Any) -> None:
+        await nursery.start(simulator.run)
+        simulator.start_streaming()
+        daemon.config = config_from_mapping(
+            {
+                "gateway": {"url": simulator.base_url, "verify_tls": False},
+                "http": {"bind": args.bind},
+                "events": {
+                    "channels": ["orders", "pnl", "trades"],
+                    "marketdata": {"idle_unsubscribe": 0},
+                },
+                "store": {"path": store_path},
+            },
+            env={},
+        )
+
+        async def want_conids() -> None:
+            await daemon.serving.wait()
+            for conid in conids:
+                daemon.hub.want_conid(conid)
+            base = daemon.http_url
+            print(
+                f"\nbezant-trio demo: simulated gateway at {simulator.base_url}\n"
+                f"  daemon at {base}; try:\n"
+                f"    curl -s '{base}/events/_status'\n"
+                f"    curl -s '{base}/events/orders?since=0&limit=5'\n"
+                f"    curl -s '{base}/events/pnl?since=0&wait=5'\n"
+                f"    curl -s '{base}/events/marketdata?conid={conids[0]}&since=0'\n"
+                f"    bezant-trio tail orders --url {base}\n"
+                "  Ctrl-C stops.\n",
+                flush=True,
+            )
+
+        nursery.start_soon(want_conids)
+
+    return _run_daemon(config_from_mapping({}, env={}), None, before=before)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from bezant_trio.simulator import run_cli
+
+    return run_cli(list(args.args))
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    from bezant_trio.client import tail_forever
+
+    try:
+        return tail_forever(
+            args.url, args.topic, since=args.since, token=args.token, wait=args.wait
+        )
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,52 @@
+"""Serve an app with Hypercorn on Trio; the bound URLs are what ``start`` reports."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+__all__ = ["BindError", "hypercorn_config", "serve_http"]
+
+
+class BindError(Exception):
+    """The HTTP socket could not be bound (address in use, no permission)."""
+
+
+def hypercorn_config(bind: str, *, graceful_timeout: float = 10.0) -> HypercornConfig:
+    """Hypercorn settings: bounded headers, timeouts against slowloris, no access log."""
+    config = HypercornConfig()
+    config.bind = [bind]
+    config.graceful_timeout = graceful_timeout
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.keep_alive_timeout = 75
+    # A client that sends a request slower than this is dropped (slowloris).
+    config.read_timeout = 30
+    config.h11_max_incomplete_size = 16 * 1024
+    config.backlog = 1024
+    config.include_server_header = False
+    return config
+
+
+async def serve_http(
+    app: object,
+    bind: str,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    graceful_timeout: float = 10.0,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on ``bind`` until ``shutdown_trigger`` returns.
+
+    Reports the bound URLs (``["http://127.0.0.1:8080"]``) through ``task_status``.
+    """
+    config = hypercorn_config(bind, graceful_timeout=graceful_timeout)
+    try:
+        config.create_sockets().insecure_sockets[0].close()
+    except OSError as exc:
+        raise BindError(f"http.bind: cannot listen on {bind}: {exc.strerror or exc}") from None
+    await serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)  # type: ignore[arg-type]

@@ -1,0 +1,49 @@
+"""Shared fixtures: a hub, and the HTTP app served on a real Hypercorn socket."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+
+import httpx
+import pytest
+import trio
+
+from bezant_trio.http.app import HttpContext, create_app
+from bezant_trio.http.server import serve_http
+from bezant_trio.store.hub import Hub
+from helpers import capacity_of
+
+
+@pytest.fixture
+async def hub() -> Hub:
+    hub = Hub(capacity_of())
+    await hub.open()
+    return hub
+
+
+ServeFn = Callable[[HttpContext], Awaitable[str]]
+
+
+@pytest.fixture
+async def serve(nursery: trio.Nursery) -> AsyncIterator[ServeFn]:
+    """Serve an app built from an HttpContext on 127.0.0.1:0; returns its base URL."""
+    stops: list[trio.Event] = []
+
+    async def _serve(ctx: HttpContext) -> str:
+        stop = trio.Event()
+        stops.append(stop)
+        binds = await nursery.start(
+            partial(serve_http, create_app(ctx), "127.0.0.1:0", shutdown_trigger=stop.wait)
+        )
+        return binds[0]
+
+    yield _serve
+    for stop in stops:
+        stop.set()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=20) as c:
+        yield c

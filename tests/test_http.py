@@ -1,0 +1,302 @@
+"""The REST surface on a real Hypercorn socket.
+
+Ports every case of bezant-server's tests/events_routes.rs, then covers
+long-poll, validation, auth and abuse.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import trio
+
+from bezant_trio.http.app import HttpContext
+from bezant_trio.model import GapReason
+from bezant_trio.store.hub import Hub
+
+
+async def _url(serve, hub: Hub | None, **kw) -> str:  # type: ignore[no-untyped-def]
+    return await serve(HttpContext(hub=hub, **kw))
+
+
+# ---- bezant-server's events_routes.rs, case by case ----------------------
+
+
+async def test_events_disabled_when_no_hub(serve, client: httpx.AsyncClient) -> None:
+    with trio.fail_after(10):
+        base = await _url(serve, None)
+        r = await client.get(f"{base}/events/orders")
+    assert r.status_code == 503
+    assert r.json()["code"] == "events_disabled"
+
+
+async def test_status_envelope_has_every_field(serve, client, hub: Hub) -> None:
+    with trio.fail_after(10):
+        base = await _url(
+            serve,
+            hub,
+            status_extra=lambda: {
+                "connected": False,
+                "last_message_at": None,
+                "reconnect_count": 0,
+                "uptime_seconds": 0,
+                "topics_subscribed": hub.topics(),
+            },
+        )
+        r = await client.get(f"{base}/events/_status")
+    assert r.status_code == 200
+    body = r.json()
+    for key in ("connected", "reset_epoch", "topics_subscribed", "buffer_sizes", "uptime_seconds"):
+        assert key in body
+
+
+async def test_empty_topic_is_200_with_empty_array(serve, client, hub: Hub) -> None:
+    with trio.fail_after(10):
+        base = await _url(serve, hub)
+        r = await client.get(f"{base}/events/orders?since=0")
+    assert r.status_code == 200
+    assert r.json()["events"] == [] and r.json()["next_cursor"] == 0
+
+
+async def test_pushed_events_are_returned(serve, client, hub: Hub) -> None:
+    hub.publish("orders", {"orderId": 12345, "status": "Filled"})
+    hub.publish("orders", {"orderId": 12346, "status": "Working"})
+    with trio.fail_after(10):
+        base = await _url(serve, hub)
+        body = (await client.get(f"{base}/events/orders?since=0")).json()
+    assert [e["payload"]["orderId"] for e in body["events"]] == [12345, 12346]
+    assert body["next_cursor"] == 2
+
+
+async def test_cursor_advances(serve, client, hub: Hub) -> None:
+    for i in (1, 2, 3):
+        hub.publish("orders", {"id": i})
+    with trio.fail_after(10):
+        base = await _url(serve, hub)
+        body = (await client.get(f"{base}/events/orders?since=1")).json()
+    assert [e["cursor"] for e in body["events"]] == [2, 3]
+    assert body["next_cursor"] == 3
+
+
+async def test_caught_up_is_204_with_cursor_header(serve, client, hub: Hub) -> None:
+    hub.publish("orders", {"id": 1})
+    with trio.fail_after(10):
+        base = await _url(serve, hub)
+        r = await client.get(f"{base}/events/orders?since=1")
+    assert r.status_code == 204
+    assert r.headers["x-bezant-cursor"] == "1"
+
+
+async def test_limit_is_respected(serve, client, hub: Hub) -> None:
+    for i in range(10):
+        hub.publish("orders", {"id": i})
+    with trio.fail_after(10):
+        base = await _url(serve, hub)
+        body = (await client.get(f"{base}/events/orders?since=0&limit=3")).json()
+    assert len(body["events"]) == 3 and body["next_cursor"] == 3
+
+
+async def test_limit_above_max_is_capped(serve, client, hub: Hub) -> None:
+    for i in range(1100):  # the orders ring keeps 1000: cursors 101..1100
+        hub.publish("orders", {"id": i})
+    with trio.fail_after(10):
+        base = await _url(serve, hub)
+        body = (await client.get(f"{base}/events/orders?since=100&limit=5000")).json()
+    assert len(body["events"]) == 1000
+    assert body["next_cursor"] == 1100
+
+
+async def test_status_topics_grow(serve, client, hub: Hub) -> None:
+    hub.publish("orders", {"id": 1})
+    hub.publish("pnl", {"upnl": 10.0})
+    with trio.fail_after(10):
+        base = await _url(serve, hub, status_extra=lambda: {"topics_subscribed": hub.topics()})
+        body = (await client.get(f"{base}/events/_status")).json()
+    assert {"orders", "pnl"} <= set(body["topics_subscribed"])
+    assert body["buffer_sizes"]["orders"] == 1 and body["buffer_sizes"]["pnl"] == 1
+
+
+async def test_pnl_endpoint(serve, client, hub: Hub) -> None:
+    hub.publish("pnl", {"unrealizedUsd": 125.34})
+    with trio.fail_after(10):
+        base = await _url(serve, hub)
+        body = (await client.get(f"{base}/events/pnl?since=0")).json()
+    assert body["events"][0]["payload"]["unrealizedUsd"] == 125.34
+    assert body["events"][0]["topic"] == "pnl"
+
+
+async def test_reset_epoch_in_envelope_and_events(serve, client, hub: Hub) -> None:
+    for _ in range(6):
+        await hub.bump_epoch(GapReason.RECONNECTED_AFTER_DISCONNECT)
+    hub.publish("orders", {"id": 1})
+    with trio.fail_after(10):
+        base = await _url(serve, hub)
+        body = (await client.get(f"{base}/events/orders?since=0")).json()
+    assert body["reset_epoch"] == 7
+    assert body["events"][0]["reset_epoch"] == 7
+
+
+async def test_history_is_503_without_log(serve, client, hub: Hub) -> None:
+    with trio.fail_after(10):
+        base = await _url(serve, hub)
+        r = await client.get(f"{base}/events/orders/history?since_ts=2026-01-01T00:00:00Z")
+    assert r.status_code == 503 and r.json()["code"] == "events_history_disabled"
+
+
+# ---- long-poll --------------------------------------------------------------
+
+
+async def test_long_poll_returns_an_event_published_later(serve, client, hub: Hub) -> None:
+    base = await _url(serve, hub)
+    result: dict[str, object] = {}
+
+    async def poll() -> None:
+        start = trio.current_time()
+        r = await client.get(f"{base}/events/orders?since=0&wait=5")
+        result["status"] = r.status_code
+        result["elapsed"] = trio.current_time() - start
+        result["body"] = r.json()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            # publish once the request is parked on the hub
+            while not hub._wakeups:
+                await trio.sleep(0.01)
+            hub.publish("orders", {"id": 1})
+    assert result["status"] == 200
+    assert result["elapsed"] < 4  # well before the 5 s wait ends
+    assert result["body"]["events"][0]["payload"] == {"id": 1}  # type: ignore[index]
+
+
+async def test_long_poll_times_out_with_204(serve, client, hub: Hub) -> None:
+    hub.publish("orders", {"id": 1})
+    with trio.fail_after(10):
+        base = await _url(serve, hub)
+        r = await client.get(f"{base}/events/orders?since=1&wait=0.2")
+    assert r.status_code == 204 and r.headers["x-bezant-cursor"] == "1"
+
+
+async def test_expired_cursor_is_412(serve, client) -> None:
+    from helpers import capacity_of
+
+    hub = Hub(capacity_of(default=2))
+    await hub.open()
+    for i in range(5):
+        hub.publish("orders", {"i": i})
+    with trio.fail_after(10):
+        base = await _url(serve, hub)
+        r = await client.get(f"{base}/events/orders?since=1")
+    assert r.status_code == 412
+    body = r.json()
+    assert body["code"] == "cursor_expired" and body["head_cursor"] == 5
+    assert body["reset_epoch"] == 1 and body["message"]
+
+
+# ---- validation and auth -----------------------------------------------------
+
+BAD_QUERIES = [
+    ("/events/orders?since=-1", "invalid_query", "since"),
+    ("/events/orders?since=abc", "invalid_query", "since"),
+    ("/events/orders?since=1.5", "invalid_query", "since"),
+    ("/events/orders?limit=0", "invalid_query", "limit"),
+    ("/events/orders?limit=-3", "invalid_query", "limit"),
+    ("/events/orders?limit=x", "invalid_query", "limit"),
+    ("/events/orders?wait=31", "invalid_query", "wait"),
+    ("/events/orders?wait=-1", "invalid_query", "wait"),
+    ("/events/orders?wait=nan", "invalid_query", "wait"),
+    ("/events/orders?wait=soon", "invalid_query", "wait"),
+    ("/events/marketdata", "invalid_query", "conid"),
+    ("/events/marketdata?conid=0", "invalid_query", "conid"),
+    ("/events/marketdata?conid=-5", "invalid_query", "conid"),
+    ("/events/marketdata?conid=abc", "invalid_query", "conid"),
+    ("/events/Orders", "invalid_topic", "topic"),
+    ("/events/orders/history?since_ts=yesterday", None, None),
+]
+
+
+@pytest.mark.parametrize(("path", "code", "names"), BAD_QUERIES)
+async def test_bad_input_is_400_naming_the_parameter(serve, client, hub, path, code, names) -> None:
+    with trio.fail_after(10):
+        base = await _url(serve, hub)
+        r = await client.get(f"{base}{path}")
+    if code is None:  # history without the log answers 503 before parsing
+        assert r.status_code == 503
+        return
+    assert r.status_code == 400
+    body = r.json()
+    assert body["code"] == code
+    assert names in body["message"]
+
+
+async def test_unknown_path_is_404_envelope(serve, client, hub) -> None:
+    with trio.fail_after(10):
+        base = await _url(serve, hub)
+        r = await client.get(f"{base}/nope")
+        r2 = await client.post(f"{base}/events/orders")
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
+    assert r2.status_code == 405 and r2.json()["code"] == "method_not_allowed"
+
+
+async def test_too_many_conids_is_429(serve, client) -> None:
+    from helpers import capacity_of
+
+    hub = Hub(capacity_of(), max_conids=2)
+    await hub.open()
+    with trio.fail_after(10):
+        base = await _url(serve, hub)
+        assert (await client.get(f"{base}/events/marketdata?conid=1")).status_code == 200
+        assert (await client.get(f"{base}/events/marketdata:2")).status_code == 200
+        r = await client.get(f"{base}/events/marketdata?conid=3")
+    assert r.status_code == 429 and r.json()["code"] == "too_many_conids"
+    assert hub.wanted_conids() == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"authorization": "Bearer wrong"},
+        {"authorization": "Basic s3cret"},
+        {"authorization": "s3cret"},
+    ],
+)
+async def test_token_required_everywhere_but_health(serve, client, hub, headers) -> None:
+    with trio.fail_after(10):
+        base = await _url(serve, hub, token="s3cret")
+        r = await client.get(f"{base}/events/orders", headers=headers)
+        health = await client.get(f"{base}/health")
+        ok = await client.get(f"{base}/events/orders", headers={"authorization": "Bearer s3cret"})
+    assert r.status_code == 401
+    # the same answer whether the header was missing, malformed or wrong
+    assert r.json() == {
+        "code": "unauthorized",
+        "message": "send 'Authorization: Bearer <token>' with the token configured as http.token",
+    }
+    assert "s3cret" not in r.text
+    assert health.status_code == 200 and ok.status_code == 200
+
+
+async def test_huge_query_string_is_rejected_and_daemon_keeps_serving(serve, hub) -> None:
+    base = await _url(serve, hub)
+    host, port = base.removeprefix("http://").split(":")
+    with trio.fail_after(20):
+        stream = await trio.open_tcp_stream(host, int(port))
+        request = (
+            b"GET /events/orders?since="
+            + b"1" * (10 * 1024 * 1024)
+            + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        reply = b""
+        try:
+            await stream.send_all(request)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the server hung up on the oversized request line
+        try:
+            reply = await stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            reply = b""
+        await stream.aclose()
+        assert reply == b"" or reply.split(b" ")[1].startswith(b"4")
+        async with httpx.AsyncClient() as c:
+            assert (await c.get(f"{base}/events/orders")).status_code == 200

@@ -1,0 +1,119 @@
+"""The hub: cursor assignment, epochs and gaps, long-poll waits, conid wants."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import trio
+
+from bezant_trio.model import GapReason
+from bezant_trio.store.hub import Hub, TooManyConids
+from helpers import capacity_of
+
+
+async def test_publish_assigns_increasing_cursors_per_topic(hub: Hub) -> None:
+    a = hub.publish("orders", {"id": 1})
+    b = hub.publish("orders", {"id": 2})
+    c = hub.publish("pnl", {"x": 1})
+    assert (a.cursor, b.cursor, c.cursor) == (1, 2, 1)
+    assert a.received_at.endswith("Z") and len(a.received_at) == 24
+    assert orjson.loads(b.json) == {
+        "cursor": 2,
+        "topic": "orders",
+        "received_at": b.received_at,
+        "reset_epoch": 1,
+        "payload": {"id": 2},
+    }
+
+
+async def test_every_event_carries_the_epoch_current_when_received(hub: Hub) -> None:
+    hub.publish("orders", {"id": 1})
+    await hub.bump_epoch(GapReason.RECONNECTED_AFTER_DISCONNECT, disconnected_at="x")
+    hub.publish("orders", {"id": 2})
+    answer = await hub.read("orders", 0, 10)
+    epochs = [(e.cursor, e.reset_epoch) for e in answer.events]
+    assert epochs == [(1, 1), (2, 2), (3, 2)]
+
+
+async def test_bump_epoch_injects_one_gap_per_known_topic_and_gap(hub: Hub) -> None:
+    hub.publish("orders", {"id": 1})
+    hub.publish("marketdata:265598", {"31": "1"})
+    epoch = await hub.bump_epoch(
+        GapReason.RECONNECTED_AFTER_DISCONNECT,
+        disconnected_at="2026-01-01T00:00:00.000Z",
+        reconnected_at="2026-01-01T00:00:05.000Z",
+    )
+    assert epoch == 2
+    for topic in ("orders", "marketdata:265598", "gap"):
+        events = (await hub.read(topic, 0, 10)).events
+        gaps = [e for e in events if e.payload.get("reason")]
+        assert len(gaps) == 1, topic
+        assert gaps[0].payload == {
+            "reason": "reconnected_after_disconnect",
+            "new_reset_epoch": 2,
+            "disconnected_at": "2026-01-01T00:00:00.000Z",
+            "reconnected_at": "2026-01-01T00:00:05.000Z",
+        }
+    assert hub.topics() == ["gap", "marketdata:265598", "orders"]
+
+
+async def test_memory_ring_reports_expiry_once_events_are_evicted() -> None:
+    hub = Hub(capacity_of(default=3))
+    await hub.open()
+    for i in range(5):
+        hub.publish("orders", {"i": i})
+    assert (await hub.read("orders", 0, 10)).expired
+    assert [e.cursor for e in (await hub.read("orders", 2, 10)).events] == [3, 4, 5]
+    ahead = await hub.read("orders", 99, 10)
+    assert ahead.expired and ahead.head_cursor == 5
+
+
+async def test_unknown_topic_reads_empty_with_since_as_next_cursor(hub: Hub) -> None:
+    answer = await hub.read("ntf", 7, 10)
+    assert (answer.events, answer.next_cursor, answer.known) == ([], 7, False)
+
+
+async def test_wait_returns_when_an_event_arrives(hub: Hub, autojump_clock: object) -> None:
+    results: list[bool] = []
+
+    async def waiter() -> None:
+        results.append(await hub.wait("orders", 0, timeout=5))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.sleep(0.1)
+        start = trio.current_time()
+        hub.publish("orders", {"id": 1})
+    assert results == [True]
+    assert trio.current_time() - start < 0.05
+
+
+async def test_wait_times_out_without_events(hub: Hub, autojump_clock: object) -> None:
+    start = trio.current_time()
+    assert await hub.wait("orders", 0, timeout=2) is False
+    assert trio.current_time() - start == pytest.approx(2, abs=0.01)
+
+
+async def test_close_wakes_long_polls(hub: Hub, autojump_clock: object) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.wait, "orders", 0, 30)
+        await trio.sleep(1)
+        await hub.close()
+    assert trio.current_time() < 2
+
+
+async def test_want_conid_limits_and_idle_expiry(autojump_clock: object) -> None:
+    hub = Hub(capacity_of(), max_conids=2, clock=trio.current_time)
+    await hub.open()
+    changed = hub.wants_changed
+    assert hub.want_conid(1) is True
+    assert changed.is_set()
+    assert hub.want_conid(1) is False
+    hub.want_conid(2)
+    with pytest.raises(TooManyConids):
+        hub.want_conid(3)
+    await trio.sleep(200)
+    hub.want_conid(2)  # polled again: stays
+    await trio.sleep(150)
+    assert hub.expire_idle_conids(300) == [1]
+    assert hub.wanted_conids() == [2]
