@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import trio
+
 
 def capacity_of(default: int = 1000, **per_topic: int) -> Callable[[str], int]:
     """A capacity function like EventsConfig.capacity_for."""
@@ -13,3 +15,13 @@ def capacity_of(default: int = 1000, **per_topic: int) -> Callable[[str], int]:
         return per_topic.get(topic.replace(":", "_"), per_topic.get(family, default))
 
     return capacity_for
+
+
+async def wait_until(condition: Callable[[], bool], *, poll: float = 0.005) -> None:
+    """Wait until ``condition()`` holds; callers bound it with ``trio.fail_after``.
+
+    For states that raise no event of their own (a request parked in the hub,
+    a subprocess's file appearing); everything with an event waits on it.
+    """
+    while not condition():  # noqa: ASYNC110 - no event exists for these conditions
+        await trio.sleep(poll)

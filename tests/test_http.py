@@ -13,6 +13,7 @@ import trio
 from bezant_trio.http.app import HttpContext
 from bezant_trio.model import GapReason
 from bezant_trio.store.hub import Hub
+from helpers import wait_until
 
 
 async def _url(serve, hub: Hub | None, **kw) -> str:  # type: ignore[no-untyped-def]
@@ -161,8 +162,7 @@ async def test_long_poll_returns_an_event_published_later(serve, client, hub: Hu
         async with trio.open_nursery() as nursery:
             nursery.start_soon(poll)
             # publish once the request is parked on the hub
-            while not hub._wakeups:
-                await trio.sleep(0.01)
+            await wait_until(lambda: hub.waiting == 1)
             hub.publish("orders", {"id": 1})
     assert result["status"] == 200
     assert result["elapsed"] < 4  # well before the 5 s wait ends

@@ -134,6 +134,8 @@ class Hub:
         self.reset_epoch = 0
         self.started_at = time.time()
         self.published: dict[str, int] = {}
+        #: Readers parked in :meth:`wait` right now (long-polls, sinks, SSE).
+        self.waiting = 0
         self.log_state = _LogState()
         #: conid -> monotonic time of the last poll that wanted it.
         self._wanted: dict[int, float] = {}
@@ -338,6 +340,14 @@ class Hub:
         """
         if self.head(topic) > since:
             return True
+        self.waiting += 1
+        try:
+            await self._wait(topic, since, timeout, limit)
+        finally:
+            self.waiting -= 1
+        return self.head(topic) > since
+
+    async def _wait(self, topic: str, since: int, timeout: float, limit: int) -> None:
         with trio.move_on_after(timeout):
             while self.head(topic) <= since and not self._closing:
                 waiter = self._wakeups.get(topic)
@@ -346,7 +356,6 @@ class Hub:
                 await waiter.wait()
             if self.event_log is None and 0 < self.head(topic) - since < limit:
                 await trio.sleep(WAKE_COALESCE)
-        return self.head(topic) > since
 
     # ------------------------------------------------------------- log writer
 
