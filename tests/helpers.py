@@ -25,3 +25,14 @@ async def wait_until(condition: Callable[[], bool], *, poll: float = 0.005) -> N
     """
     while not condition():  # noqa: ASYNC110 - no event exists for these conditions
         await trio.sleep(poll)
+
+
+def seq_of(event: object) -> int:
+    """The simulator's sequence number inside a captured event's payload."""
+    payload = event.payload if hasattr(event, "payload") else event["payload"]  # type: ignore[index]
+    if "seq" in payload:
+        return int(payload["seq"])
+    args = payload["args"]
+    if isinstance(args, list):
+        return int(args[0]["seq"])
+    return int(next(iter(args.values()))["seq"])

@@ -167,7 +167,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     async def before(nursery: trio.Nursery, daemon: Any) -> None:
         await nursery.start(simulator.run)
-        simulator.start_streaming()
         daemon.config = config_from_mapping(
             {
                 "gateway": {"url": simulator.base_url, "verify_tls": False},

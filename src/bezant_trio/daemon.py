@@ -146,6 +146,7 @@ class Daemon:
             self.http_url = binds[0]
             self.state = "serving"
             log.info("serving on %s (epoch %d)", self.http_url, hub.reset_epoch)
+            self.sinks.run_startup_hooks(daemon=self)
             self.serving.set()
             task_status.started(self)
             await self._stop.wait()
@@ -161,6 +162,7 @@ class Daemon:
         assert self.hub is not None and self.sinks is not None
         self.state = "stopping"
         log.info("shutting down")
+        self.sinks.run_shutdown_hooks(daemon=self)
         connector_scope.cancel()
         self._http_stop.set()
         with trio.move_on_after(self.config.shutdown_grace + 1):

@@ -347,14 +347,17 @@ class Connector:
         interval = self.settings.resubscribe_interval
         deadline = trio.current_time() + interval
         while True:
+            # Take the event before syncing, so a want recorded while we send
+            # is never missed.
+            changed = self.hub.wants_changed
+            await self._sync_conids(ws)
             with trio.move_on_at(deadline):
-                await self.hub.wants_changed.wait()
+                await changed.wait()
             if trio.current_time() >= deadline:
                 # The gateway expires market-data subscriptions after ~10-15 min.
                 for conid in sorted(self.subscribed_conids):
                     await self._send(ws, md_subscribe(conid, self.settings.md_fields))
                 deadline = trio.current_time() + interval
-            await self._sync_conids(ws)
 
     async def _idle_reaper(self) -> None:
         idle = self.settings.idle_unsubscribe
@@ -403,6 +406,15 @@ class Connector:
         while True:
             silent_for = trio.current_time() - self._last_frame
             if silent_for >= timeout:
-                self.end_connection(f"no frame from the gateway for {timeout:g} s (stalled socket)")
-                return
+                # Confirm: after a process-wide pause (GC, a loaded host) frames
+                # may sit unread in the socket; give the reader a moment first,
+                # because ending the connection would discard them.
+                last = self._last_frame
+                await trio.sleep(min(1.0, timeout / 10))
+                if self._last_frame == last:
+                    self.end_connection(
+                        f"no frame from the gateway for {timeout:g} s (stalled socket)"
+                    )
+                    return
+                continue
             await trio.sleep(timeout - silent_for)

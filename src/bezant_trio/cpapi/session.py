@@ -80,7 +80,7 @@ class GatewaySession:
         try:
             response = await self._client.post(url)
         except httpx.ConnectError as exc:
-            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            if _is_cert_failure(exc):
                 raise GatewayTLSError(
                     f"TLS verification of {self.base_url} failed (the gateway's certificate is "
                     "self-signed?): set gateway.verify_tls: false or install a trusted certificate"
@@ -116,3 +116,17 @@ class GatewaySession:
 def _short(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _is_cert_failure(exc: BaseException) -> bool:
+    """Whether a connect error was a TLS certificate verification failure."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(
+            seen
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -217,30 +217,32 @@ def trade_frame(seq: int, now_ms: int) -> dict[str, Any]:
     }
 
 
-def _field_value(field: str, seq: int) -> str:
+# Fields with fixed values; price and size fields below vary with the seq.
+_STATIC_FIELDS = {"87": "1.2M", "55": "AAPL", "7295": "380.00", "70": "384.10", "71": "379.55"}
+
+
+def _field_values(seq: int) -> dict[str, str]:
+    # Built once per frame, not per field: burst mode encodes millions of these.
     tick = (seq % 100) / 100
-    values = {
+    size_step = seq % 10 * 100
+    return {
         "31": f"{382.89 + tick:.2f}",  # last
         "84": f"{382.80 + tick:.2f}",  # bid
         "86": f"{382.95 + tick:.2f}",  # ask
-        "85": str(100 + seq % 10 * 100),  # ask size
-        "88": str(200 + seq % 10 * 100),  # bid size
-        "87": "1.2M",  # volume
-        "55": "AAPL",  # symbol
-        "7295": "380.00",  # open
-        "70": "384.10",  # high
-        "71": "379.55",  # low
+        "85": str(100 + size_step),  # ask size
+        "88": str(200 + size_step),  # bid size
+        **_STATIC_FIELDS,
     }
-    return values.get(field, "0")
 
 
 def marketdata_frame(
     conid: int, seq: int, now_ms: int, *, server_id: str, fields: Sequence[str]
 ) -> dict[str, Any]:
     """One ``smd+<conid>`` frame (about 150 bytes); ``seq`` is a top-level key."""
+    values = _field_values(seq)
     frame: dict[str, Any] = {"topic": f"smd+{conid}"}
     for field in fields:
-        frame[field] = _field_value(field, seq)
+        frame[field] = values.get(field, "0")
     frame["conid"] = conid
     frame["_updated"] = now_ms
     frame["server_id"] = server_id

@@ -455,6 +455,9 @@ class GatewaySimulator:
             "binary_frames": self.binary_frames,
             "ready_delay": self.ready_delay,
             "heartbeat_interval": self.heartbeat_interval,
+            "send_timeout": self.send_timeout,
+            "close_timeout": self.close_timeout,
+            "queue_size": self._queue_size,
             "tickle_count": self.tickle_count,
             "ws_handshakes": self.ws_handshakes,
             "restarts": self.restarts,
@@ -651,23 +654,29 @@ class GatewaySimulator:
     ) -> list[tuple[bytes, int, int]]:
         # No extension is ever negotiated (see httpserver.py), so a throwaway
         # server-side wsproto encoder produces exactly the bytes each
-        # connection's own encoder would.
+        # connection's own encoder would. An unmasked frame's header depends
+        # only on opcode and payload length, so wsproto encodes one frame per
+        # distinct length and its header is reused: ~1 µs a frame instead of ~6.
         encoder = WsProtocol(ConnectionType.SERVER)
+        headers: dict[int, bytes] = {}
+        binary = self.binary_frames
         now = _now_ms()
         chunks: list[tuple[bytes, int, int]] = []
         buffer = bytearray()
         chunk_first = first
-        binary = self.binary_frames
         for seq in range(first, first + count):
             raw = orjson.dumps(
                 frames.marketdata_frame(
                     conid, seq, now, server_id=entry.server_id, fields=entry.fields
                 )
             )
-            if binary:
-                buffer += encoder.send(BytesMessage(data=raw))
-            else:
-                buffer += encoder.send(TextMessage(data=raw.decode()))
+            header = headers.get(len(raw))
+            if header is None:
+                message = BytesMessage(data=raw) if binary else TextMessage(data=raw.decode())
+                encoded = encoder.send(message)
+                header = headers[len(raw)] = encoded[: len(encoded) - len(raw)]
+            buffer += header
+            buffer += raw
             if len(buffer) >= chunk_bytes:
                 chunks.append((bytes(buffer), chunk_first, seq))
                 buffer.clear()

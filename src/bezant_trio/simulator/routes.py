@@ -9,6 +9,7 @@ requests take an optional JSON object body and answer JSON; bad input gets
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from bezant_trio.simulator.gateway import GatewaySimulator
 
 __all__ = ["dispatch"]
+
+logger = logging.getLogger(__name__)
 
 _API = "/v1/api"
 
@@ -339,6 +342,12 @@ async def dispatch(sim: GatewaySimulator, request: Request) -> Response:
             return await control(sim, _body(request))
         except _BadRequest as exc:
             return Response(400, {"error": str(exc)})
+        except Exception as exc:
+            # A control-route bug must not take down the gateway the demo or a
+            # benchmark is running against; it is logged with its traceback and
+            # reported to the caller, never silently dropped.
+            logger.exception("simulator control %s %s failed", request.method, path)
+            return Response(500, {"error": f"simulator bug: {exc!r}"})
     if path in _CONTROL_PATHS:
         return Response(405, {"error": f"method {request.method} not allowed"})
     return Response(404, {"error": "not found", "path": request.path})

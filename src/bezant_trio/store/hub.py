@@ -140,6 +140,8 @@ class Hub:
         #: conid -> monotonic time of the last poll that wanted it.
         self._wanted: dict[int, float] = {}
         self.wants_changed = trio.Event()
+        #: Set (then replaced) when a topic gets its first visible event.
+        self.topics_changed = trio.Event()
         #: Called with (latency_seconds, event_count) after every commit (metrics).
         self.commit_observers: list[Callable[[float, int], None]] = []
 
@@ -183,6 +185,7 @@ class Hub:
     async def close(self) -> None:
         """Wake every waiter, flush what is pending and mark the log clean."""
         self._closing = True
+        self.topics_changed.set()
         for event in self._wakeups.values():
             event.set()
         self._wakeups.clear()
@@ -244,12 +247,17 @@ class Hub:
     def _make_visible(self, events: Iterable[Event]) -> None:
         rings = self._rings
         touched: set[str] = set()
+        new_topic = False
         for event in events:
             ring = rings.get(event.topic)
             if ring is None:
                 ring = rings[event.topic] = TopicRing(event.topic, self._capacity_for(event.topic))
+                new_topic = True
             ring.append(event)
             touched.add(event.topic)
+        if new_topic:
+            self.topics_changed.set()
+            self.topics_changed = trio.Event()
         wakeups = self._wakeups
         for topic in touched:
             waiter = wakeups.pop(topic, None)

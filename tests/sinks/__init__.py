@@ -1,0 +1,1 @@
+"""Tests of the sink subsystem (bezant_trio.sinks)."""
