@@ -33,6 +33,7 @@ from bezant_trio.simulator import (
     SeqRanges,
     SimulatorTimeout,
     open_simulator,
+    run_cli,
 )
 from bezant_trio.simulator.frames import parse_command, parse_session_cookie
 
@@ -421,10 +422,10 @@ async def test_slow_client_is_dropped_without_blocking_other_clients() -> None:
     with trio.fail_after(10):
         async with (
             open_simulator(queue_size=2, send_timeout=0.2) as sim,
-            ready_client(sim, f"smd+{CONID}+{{}}", message_queue_size=1) as stuck,
+            ready_client(sim, f"smd+{CONID}+{{}}", message_queue_size=1) as _stuck,
             ready_client(sim, "sor+{}") as healthy,
         ):
-            # ``stuck`` never reads again: a burst bigger than the socket buffers
+            # ``_stuck`` never reads again: a burst bigger than the socket buffers
             # wedges its writer, its queue fills, and the emitter gives up on it.
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(sim.burst_marketdata, CONID, 200_000)
@@ -432,7 +433,6 @@ async def test_slow_client_is_dropped_without_blocking_other_clients() -> None:
             assert "slow consumer" in sim.state()["closed_connections"][0]["close_reason"]
             assert await sim.emit_orders(1) == [1]
             assert seqs_of([await receive(healthy)]) == [1]
-            del stuck
 
 
 async def test_burst_of_20000_frames_arrives_complete_and_in_order(
@@ -454,6 +454,26 @@ async def test_burst_of_20000_frames_arrives_complete_and_in_order(
             assert (result.first_seq, result.last_seq) == (1, count)
             assert seqs == list(range(1, count + 1))
             assert sim.written(f"marketdata:{CONID}").ranges() == [[1, count]]
+
+
+async def test_binary_frames_mode_sends_json_as_binary_messages() -> None:
+    with trio.fail_after(10):
+        async with open_simulator(binary_frames=True) as sim, connect(sim) as ws:
+            ready = await ws.get_message()
+            assert isinstance(ready, bytes) and orjson.loads(ready)["success"] == "simuser"
+            await ws.get_message()
+            await ws.get_message()
+            await ws.send_message(f"smd+{CONID}+{{}}")
+            await sim.wait_subscribed(f"marketdata:{CONID}")
+            await sim.emit_marketdata(CONID, 1)
+            await sim.burst_marketdata(CONID, 3)
+            messages = [await ws.get_message() for _ in range(4)]
+            assert all(isinstance(m, bytes) for m in messages)
+            assert [orjson.loads(m)["seq"] for m in messages] == [1, 2, 3, 4]
+
+
+def test_cli_reports_bad_arguments_as_status_2() -> None:
+    assert run_cli(["--rate", "bogus=1"]) == 2
 
 
 async def test_wait_for_raises_simulator_timeout(sim: GatewaySimulator) -> None:
@@ -488,7 +508,8 @@ async def test_tls_works_with_the_simulator_ca_and_fails_without_it() -> None:
             assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError)
             await trio.aclose_forcefully(stream)
             # Failed handshakes did not hurt the simulator.
-            async with httpx.AsyncClient(verify=sim.ca_pem_path) as client:
+            verify = ssl.create_default_context(cafile=sim.ca_pem_path)
+            async with httpx.AsyncClient(verify=verify) as client:
                 assert (await client.post(f"{sim.base_url}/tickle")).status_code == 200
 
 

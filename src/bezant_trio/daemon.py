@@ -18,7 +18,7 @@ import trio
 from bezant_trio.config import Config, ConfigError, load_config
 from bezant_trio.cpapi.connector import Connector, ConnectorSettings
 from bezant_trio.http.app import HttpContext, create_app
-from bezant_trio.http.server import BindError, serve_http
+from bezant_trio.http.server import BindError, InFlight, serve_http
 from bezant_trio.sinks.manager import SinkConfigError, SinkManager
 from bezant_trio.store.hub import Hub
 from bezant_trio.store.log import EventLog, LogOpenError
@@ -114,13 +114,15 @@ class Daemon:
             raise StartupError(str(exc)) from None
         if self.connect:
             self.connector = Connector(hub, ConnectorSettings.from_config(config))
-        app = create_app(
-            HttpContext(
-                hub=hub,
-                token=config.http.token,
-                status_extra=self._status_extra,
-                health=self._health,
-                history_enabled=lambda: event_log is not None,
+        app = self._http = InFlight(
+            create_app(
+                HttpContext(
+                    hub=hub,
+                    token=config.http.token,
+                    status_extra=self._status_extra,
+                    health=self._health,
+                    history_enabled=lambda: event_log is not None,
+                )
             )
         )
         async with trio.open_nursery() as nursery:
@@ -151,6 +153,7 @@ class Daemon:
             task_status.started(self)
             await self._stop.wait()
             await self._shutdown(nursery, connector_scope, sinks_scope)
+        log.info("stopped")
 
     async def _shutdown(
         self,
@@ -170,9 +173,11 @@ class Daemon:
         with trio.move_on_after(self.config.shutdown_grace + 1):
             await self.sinks.aclose(self.config.shutdown_grace)
         sinks_scope.cancel()
-        nursery.cancel_scope.deadline = trio.current_time() + self.config.shutdown_grace
-        # The HTTP task ends on its own once in-flight requests are answered;
-        # the writer and the pruner are cancelled.
+        # Hypercorn stopped accepting; wait for the requests in flight (the
+        # long-polls just woken) to be answered, then close what is idle.
+        with trio.move_on_after(self.config.shutdown_grace):
+            await self._http.wait_idle()
+        # What is left (the writer, the pruner) has nothing more to do.
         nursery.cancel_scope.cancel()
 
     async def _run_connector(

@@ -145,7 +145,7 @@ class Connector:
             "reconnect_count": self.reconnect_count,
             "last_error": self.last_error,
             "next_retry_in": self.next_retry_in,
-            "frames": dict(sorted(self.frames.items())),
+            "frames": {str(kind): count for kind, count in sorted(self.frames.items())},
             "topics_subscribed": sorted(set(subscribed) | set(self.hub.topics())),
         }
 

@@ -4,16 +4,50 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-__all__ = ["BindError", "hypercorn_config", "serve_http"]
+__all__ = ["BindError", "InFlight", "hypercorn_config", "serve_http"]
 
 
 class BindError(Exception):
     """The HTTP socket could not be bound (address in use, no permission)."""
+
+
+class InFlight:
+    """ASGI wrapper counting HTTP requests in progress, so shutdown can wait for them.
+
+    Hypercorn's graceful shutdown also waits for idle keep-alive connections
+    until its timeout; the daemon instead waits until no request is in flight.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.count = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.count += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no request is in flight."""
+        while self.count:
+            await self._idle.wait()
 
 
 def hypercorn_config(bind: str, *, graceful_timeout: float = 10.0) -> HypercornConfig:

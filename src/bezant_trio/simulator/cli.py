@@ -127,14 +127,32 @@ async def _serve_until_signal(args: argparse.Namespace) -> None:
                 break
 
 
+def _leaf_errors(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaf_errors(inner)]
+    return [error]
+
+
 def run_cli(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and serve until SIGINT/SIGTERM; the process exit status."""
-    args = build_parser().parse_args(argv)
+    """Parse ``argv`` and serve until SIGINT/SIGTERM; the process exit status.
+
+    0 after a signal, 1 if the port cannot be bound, 2 for bad arguments.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        # argparse exits after printing usage or --help; callers want a status.
+        return exc.code if isinstance(exc.code, int) else 2
+    failures: list[BaseException] = []
     try:
         trio.run(_serve_until_signal, args)
-    except OSError as exc:
+    except* OSError as group:
+        # Nurseries wrap errors in (nested) groups; a bind failure is the one
+        # expected here, reported as one line rather than a traceback.
+        failures.extend(_leaf_errors(group))
+    if failures:
         print(
-            f"bezant-trio simulate: cannot listen on {args.host}:{args.port}: {exc}",
+            f"bezant-trio simulate: cannot listen on {args.host}:{args.port}: {failures[0]}",
             file=sys.stderr,
         )
         return 1

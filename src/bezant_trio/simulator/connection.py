@@ -18,7 +18,7 @@ import logging
 import socket
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -79,7 +79,7 @@ class Outgoing:
     #: Set once the writer has processed the item (written, or skipped because
     #: the WebSocket was already closing).
     done: trio.Event | None = None
-    written: bool = field(default=False)
+    written: bool = False
 
 
 class WsConnection:
@@ -130,7 +130,8 @@ class WsConnection:
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._close_sent = trio.Event()
-        self._message_parts: list[str] | list[bytes] = []
+        # Fragments of the message being received (all str or all bytes).
+        self._message_parts: list[Any] = []
 
     # ------------------------------------------------------------ subscriptions
 
@@ -402,11 +403,11 @@ class WsConnection:
     async def _on_event(self, event: Event) -> bool:
         """Handle one wsproto event; True when the connection is finished."""
         if isinstance(event, TextMessage | BytesMessage):
-            self._message_parts.append(event.data)  # type: ignore[arg-type]
+            self._message_parts.append(event.data)
             if event.message_finished:
                 parts, self._message_parts = self._message_parts, []
                 if isinstance(event, TextMessage):
-                    await self._on_text("".join(parts))  # type: ignore[arg-type]
+                    await self._on_text("".join(parts))
                 else:
                     size = sum(len(part) for part in parts)
                     self._sim._record_command(self, f"<binary {size} bytes>", "ignored")

@@ -487,6 +487,7 @@ class Hub:
             "events_published": dict(sorted(self.published.items())),
             "wanted_conids": self.wanted_conids(),
             "pending": len(self._pending),
+            "waiting": self.waiting,
         }
         if self.event_log is not None:
             out["log"] = {

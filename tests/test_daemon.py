@@ -1,0 +1,135 @@
+"""The whole daemon: in-process with the simulator, and as a real subprocess."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from bezant_trio.config import config_from_mapping
+from bezant_trio.daemon import Daemon, StartupError
+from bezant_trio.simulator import GatewaySimulator
+from helpers import wait_until
+from procs import DaemonProcess, run_cli
+
+
+async def test_status_and_health_of_a_connected_daemon(nursery: trio.Nursery) -> None:
+    sim = GatewaySimulator()
+    await nursery.start(sim.run)
+    config = config_from_mapping(
+        {"gateway": {"url": sim.base_url}, "http": {"bind": "127.0.0.1:0"}}, env={}
+    )
+    with trio.fail_after(20):
+        daemon = await nursery.start(Daemon(config).run)
+        await sim.wait_subscribed("orders", timeout=10)
+        await sim.emit_orders(2)
+        await wait_until(lambda: daemon.hub.head("orders") == 2)
+        async with httpx.AsyncClient() as client:
+            status = (await client.get(f"{daemon.http_url}/events/_status")).json()
+            health = (await client.get(f"{daemon.http_url}/health")).json()
+    for key in (
+        "connected",
+        "last_message_at",
+        "reconnect_count",
+        "reset_epoch",
+        "topics_subscribed",
+        "buffer_sizes",
+        "uptime_seconds",
+        "last_error",
+        "frames",
+        "wanted_conids",
+        "log",
+        "sinks",
+    ):
+        assert key in status, key
+    assert status["connected"] is True and status["frames"]["event"] >= 2
+    assert health == {"status": "ok", "connected": True, "log": None}
+    daemon.request_stop()
+    sim.stop()
+
+
+async def test_unwritable_store_path_is_a_startup_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    config = config_from_mapping(
+        {"store": {"path": str(blocker / "events.db")}, "http": {"bind": "127.0.0.1:0"}}, env={}
+    )
+    with pytest.raises(StartupError, match="store.path"):
+        await Daemon(config, connect=False).run()
+
+
+async def test_sigterm_exits_zero_quickly_and_answers_long_polls(tmp_path: Path) -> None:
+    daemon = DaemonProcess(
+        tmp_path,
+        {"gateway": {"url": "http://127.0.0.1:9/v1/api"}, "http": {"bind": "127.0.0.1:0"}},
+    )
+    try:
+        url = await daemon.start()
+        async with httpx.AsyncClient(timeout=30) as client:
+            assert (await client.get(f"{url}/events/_status")).status_code == 200
+            answers: list[int] = []
+
+            async def long_poll() -> None:
+                r = await client.get(f"{url}/events/orders?since=0&wait=30")
+                answers.append(r.status_code)
+
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(long_poll)
+                    while (await client.get(f"{url}/events/_status")).json()["waiting"] < 1:
+                        await trio.sleep(0.01)  # bounded by fail_after; no event crosses processes
+                    start = time.monotonic()
+                    code = await daemon.stop(signal.SIGTERM)
+                    elapsed = time.monotonic() - start
+        assert code == 0
+        assert elapsed < 2.0
+        assert answers in ([200], [204])
+        assert "Traceback" not in daemon.log_text()
+    finally:
+        daemon.kill()
+
+
+def test_check_config_prints_the_effective_config_with_secrets_masked(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("http: {token: hunter2}\n")
+    result = run_cli("check-config", "--config", str(tmp_path / "c.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout and '"***"' in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key"),
+    [
+        ("events: {capacity: {orders: -5}}\n", "events.capacity.orders"),
+        ("http: {bind: 'nonsense'}\n", "http.bind"),
+        ("gatway: {}\n", "gatway"),
+        ("events: [\n", "YAML"),
+        ("http: {bind: '0.0.0.0:8080'}\n", "http.bind"),
+    ],
+)
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, yaml_text: str, key: str) -> None:
+    (tmp_path / "c.yaml").write_text(yaml_text)
+    for command in ("run", "check-config"):
+        result = run_cli(command, "--config", str(tmp_path / "c.yaml"))
+        assert result.returncode == 2, (command, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and key in lines[0], result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_port_in_use_is_exit_2(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        (tmp_path / "c.yaml").write_text(
+            f"http: {{bind: '127.0.0.1:{port}'}}\ngateway: {{url: 'http://127.0.0.1:9/v1/api'}}\n"
+        )
+        result = run_cli("run", "--config", str(tmp_path / "c.yaml"))
+    assert result.returncode == 2
+    assert "http.bind" in result.stderr and "Traceback" not in result.stderr
