@@ -40,6 +40,18 @@ class DaemonProcess:
 
     async def start(self, *, timeout: float = 20) -> str:
         """Start and wait until it serves; returns the base URL."""
+        self._spawn()
+        with trio.fail_after(timeout):
+            await wait_until(
+                lambda: bool(_SERVING.search(self.log_text())) or self.proc.poll() is not None
+            )
+        match = _SERVING.search(self.log_text())
+        if match is None:
+            raise AssertionError(f"daemon did not start:\n{self.log_text()}")
+        self.url = match.group(1)
+        return self.url
+
+    def _spawn(self) -> None:
         self.runs += 1
         config_path = self.workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(self.config))
@@ -53,15 +65,6 @@ class DaemonProcess:
                 stderr=subprocess.STDOUT,
                 env=env,
             )
-        with trio.fail_after(timeout):
-            await wait_until(
-                lambda: bool(_SERVING.search(self.log_text())) or self.proc.poll() is not None
-            )
-        match = _SERVING.search(self.log_text())
-        if match is None:
-            raise AssertionError(f"daemon did not start:\n{self.log_text()}")
-        self.url = match.group(1)
-        return self.url
 
     def send_signal(self, signum: int) -> None:
         assert self.proc is not None
