@@ -137,6 +137,8 @@ class Hub:
         #: Readers parked in :meth:`wait` right now (long-polls, sinks, SSE).
         self.waiting = 0
         self.log_state = _LogState()
+        self._log_stats: Any = None
+        self._log_stats_at = 0.0
         #: conid -> monotonic time of the last poll that wanted it.
         self._wanted: dict[int, float] = {}
         self.wants_changed = trio.Event()
@@ -181,6 +183,7 @@ class Hub:
             )
         if not state["empty"]:
             self._inject_gaps(GapReason.PROCESS_RESTART, disconnected_at=None)
+        await self._refresh_log_stats(force=True)
 
     async def close(self) -> None:
         """Wake every waiter, flush what is pending and mark the log clean."""
@@ -396,6 +399,7 @@ class Hub:
             del self._pending[: len(batch)]
             self._record_commit(latency, len(batch))
             self._make_visible(batch)
+            await self._refresh_log_stats()
             if len(self._pending) <= MAX_PENDING:
                 self._pending_drained.set()
 
@@ -429,6 +433,17 @@ class Hub:
         self.log_state.backlog.extend(pending)
         self._make_visible(pending)
         self._pending_drained.set()
+
+    async def _refresh_log_stats(self, *, force: bool = False) -> None:
+        """Cache the log's size and oldest event for ``_status`` (at most once a second)."""
+        now = time.monotonic()
+        if not force and now - self._log_stats_at < 1.0:
+            return
+        self._log_stats_at = now
+        try:
+            self._log_stats = await trio.to_thread.run_sync(self.event_log.stats)
+        except Exception as exc:  # stats are informational; never stop the writer for them
+            log.debug("log stats failed: %s", exc)
 
     def _record_commit(self, latency: float, count: int) -> None:
         state = self.log_state
@@ -499,6 +514,9 @@ class Hub:
                 "commits": state.commits,
                 "committed_events": state.committed_events,
                 "backlog": len(state.backlog),
+                "size_bytes": getattr(self._log_stats, "size_bytes", None),
+                "events": getattr(self._log_stats, "events", None),
+                "oldest_received_at": getattr(self._log_stats, "oldest_received_at", None),
             }
         else:
             out["log"] = None

@@ -1,0 +1,123 @@
+"""Restarts of a real daemon process: SIGTERM and kill -9 with the durable log on."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from bezant_trio.simulator import GatewaySimulator
+from helpers import seq_of
+from procs import DaemonProcess
+
+
+def _config(sim: GatewaySimulator, tmp_path: Path) -> dict[str, Any]:
+    return {
+        "gateway": {"url": sim.base_url},
+        "http": {"bind": "127.0.0.1:0"},
+        "events": {"capacity": {"orders": 1000, "pnl": 1000}, "backoff": {"min": 0.05, "max": 0.2}},
+        "store": {"path": str(tmp_path / "state" / "events.db")},
+        "shutdown_grace": 5,
+    }
+
+
+async def _read_all(client: httpx.AsyncClient, url: str, topic: str, since: int = 0) -> list[dict]:
+    events: list[dict] = []
+    while True:
+        r = await client.get(f"{url}/events/{topic}", params={"since": since, "limit": 1000})
+        assert r.status_code in (200, 204), r.text
+        if r.status_code == 204:
+            return events
+        body = r.json()
+        events += body["events"]
+        since = body["next_cursor"]
+
+
+async def test_sigterm_restart_continues_cursors_and_serves_old_cursors_from_the_log(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    sim = GatewaySimulator()
+    await nursery.start(sim.run)
+    daemon = DaemonProcess(tmp_path, _config(sim, tmp_path))
+    try:
+        with trio.fail_after(60):
+            url = await daemon.start()
+            await sim.wait_subscribed("orders", timeout=20)
+            await sim.wait_subscribed("pnl", timeout=20)
+            for _ in range(25):
+                await sim.emit_orders(100)
+                await sim.emit_pnl(100)
+            async with httpx.AsyncClient(timeout=30) as client:
+                before: dict[str, list[dict]] = {}
+                for topic in ("orders", "pnl"):
+                    while len(before.get(topic, [])) < 2500:
+                        before[topic] = await _read_all(client, url, topic)
+                epoch = before["orders"][-1]["reset_epoch"]
+                assert await daemon.stop(signal.SIGTERM) == 0
+                url = await daemon.start()
+                await sim.wait_subscribed("orders", timeout=20)
+                await sim.emit_orders(1)
+                after = await _read_all(client, url, "orders", since=100)  # an old cursor
+                while not after or "reason" in after[-1]["payload"]:
+                    after = await _read_all(client, url, "orders", since=100)
+                pnl_after = await _read_all(client, url, "pnl", since=2400)
+                gaps = await _read_all(client, url, "gap")
+    finally:
+        daemon.kill()
+        sim.stop()
+    assert [e["cursor"] for e in after] == list(range(101, 2503))
+    assert after[:2400] == before["orders"][100:]  # identical events, served from the log
+    restart_gap = after[2400]
+    assert restart_gap["payload"]["reason"] == "process_restart"
+    assert restart_gap["reset_epoch"] == restart_gap["payload"]["new_reset_epoch"] == epoch + 1
+    assert seq_of(after[2401]) == 2501 and after[2401]["reset_epoch"] == epoch + 1
+    assert [e["payload"].get("reason") for e in pnl_after] == [None] * 100 + ["process_restart"]
+    assert [g["payload"]["reason"] for g in gaps] == ["process_restart"]
+
+
+async def test_kill_9_twenty_times_never_remaps_a_cursor_a_poller_saw(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    sim = GatewaySimulator(rates={"orders": 1000, "pnl": 1000})
+    await nursery.start(sim.run)
+    daemon = DaemonProcess(tmp_path, _config(sim, tmp_path))
+    seen: dict[tuple[str, int], dict] = {}
+    try:
+        with trio.fail_after(240):
+            async with httpx.AsyncClient(timeout=30) as client:
+                for _ in range(20):
+                    url = await daemon.start()
+                    # everything a poller saw before any kill is still there, unchanged
+                    present: set[tuple[str, int]] = set()
+                    for topic in ("orders", "pnl"):
+                        for event in await _read_all(client, url, topic):
+                            key = (topic, event["cursor"])
+                            present.add(key)
+                            if key in seen:
+                                assert seen[key] == event, key
+                    assert set(seen) <= present, sorted(set(seen) - present)[:5]
+                    count = len(seen)
+                    await sim.wait_subscribed("orders", timeout=20)
+                    # poll while the stream runs, then kill -9 mid-stream
+                    since = {
+                        t: max((c for (tt, c) in seen if tt == t), default=0)
+                        for t in ("orders", "pnl")
+                    }
+                    while len(seen) < count + 300:
+                        for topic in ("orders", "pnl"):
+                            r = await client.get(
+                                f"{url}/events/{topic}",
+                                params={"since": since[topic], "limit": 200, "wait": 1},
+                            )
+                            if r.status_code == 200:
+                                for event in r.json()["events"]:
+                                    seen[(topic, event["cursor"])] = event
+                                since[topic] = r.json()["next_cursor"]
+                    daemon.kill()
+    finally:
+        daemon.kill()
+        sim.stop()
+    assert len(seen) >= 20 * 300
