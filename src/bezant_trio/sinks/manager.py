@@ -11,8 +11,7 @@ built (or reloaded) and driven by its own task:
   (the log's ``checkpoints`` table, or memory when the log is off);
 - it waits for new events with ``hub.wait`` (one small watcher per matching
   topic), never by polling reads; new matching topics are picked up as they
-  appear (the topic list is re-read every ``TOPIC_RESCAN_INTERVAL``, or on
-  ``hub.topics_changed`` once the hub offers that event);
+  appear (on ``hub.topics_changed``);
 - it hands ``deliver`` one topic's events at a time, in cursor order, and
   advances the checkpoint only once ``deliver`` returned;
 - a failed delivery is retried (same batch) with exponential backoff and
@@ -79,8 +78,6 @@ MAX_BATCH_SIZE = 10_000
 DEFAULT_RETRY = (1.0, 60.0)
 #: Checkpoints reach the log at most this long after a delivery (and at shutdown).
 CHECKPOINT_INTERVAL = 0.5
-#: Without a hub notification for new topics, how often topics are re-listed.
-TOPIC_RESCAN_INTERVAL = 0.25
 #: How long a sink stopped by a reload may finish the batch it is delivering.
 RELOAD_GRACE = 5.0
 #: Upper bound on a sink's own ``aclose()``.
@@ -473,16 +470,12 @@ class _SinkRunner:
     async def _discover_loop(self) -> None:
         literal = not any(ch in glob for glob in self.spec.topics for ch in "*?[")
         while True:
-            # A hub that announces new topics (a trio.Event replaced on each new
-            # ring, like `wants_changed`) saves the rescan; else re-list them.
-            announced = getattr(self.hub, "topics_changed", None)
+            # Take the event before listing, so a topic born in between is not missed.
+            announced = self.hub.topics_changed
             self._discover()
             if self.hub.closing or (literal and len(self._watched) == len(set(self.spec.topics))):
                 return  # nothing new can match any more
-            if isinstance(announced, trio.Event):
-                await announced.wait()
-            else:
-                await trio.sleep(TOPIC_RESCAN_INTERVAL)
+            await announced.wait()
 
     async def _watch(self, topic: str, seen: int) -> None:
         """Wake the delivery loop whenever ``topic``'s head moves past ``seen``."""

@@ -1,0 +1,316 @@
+"""What every benchmark shares: child processes, a lean HTTP client, RSS, statistics.
+
+Every server the benchmarks talk to runs in a process of its own and binds
+127.0.0.1 with port 0; nothing here ever addresses anything but loopback.
+Every wait is bounded (``trio.fail_after``) so a broken daemon fails the run
+instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+import yaml
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+PYTHON = sys.executable
+
+_SERVING = re.compile(r"serving on (http://\S+)")
+
+
+# ------------------------------------------------------------------ processes
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without BEZANT_/IBKR_ overrides (a config file says everything)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("BEZANT_", "IBKR_"))}
+
+
+class Child:
+    """A child process whose stdout/stderr go to a file (a pipe nobody reads would block it)."""
+
+    def __init__(self, name: str, argv: Sequence[str], workdir: Path, *, cwd: Path | None = None):
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd or workdir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=clean_env(),
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def wait_for(self, pattern: re.Pattern[str], timeout: float = 30) -> re.Match[str]:
+        """The first match of ``pattern`` in the child's output (raises if it exits first)."""
+        with trio.fail_after(timeout):
+            while True:
+                match = pattern.search(self.text())
+                if match:
+                    return match
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.text()[-3000:]}")
+                await trio.sleep(0.02)
+
+    def rss_kib(self) -> int:
+        return rss_kib(self.pid)
+
+    async def stop(self, timeout: float = 15) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with trio.move_on_after(timeout):
+                while self.proc.poll() is None:
+                    await trio.sleep(0.02)
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB (from /proc)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time used by ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+async def start_gateway(workdir: Path, tag: str = "gateway") -> tuple[Child, str]:
+    """The simulator (plus the bench's stamped-frame routes) in its own process."""
+    child = Child(tag, [PYTHON, str(BENCH_DIR / "gateway.py"), "--port", "0"], workdir)
+    match = await child.wait_for(re.compile(r"(http://127\.0\.0\.1:\d+)/v1/api"))
+    return child, match.group(1)
+
+
+def daemon_config(
+    gateway: str,
+    workdir: Path,
+    *,
+    log: bool,
+    capacity: dict[str, int] | None = None,
+    sinks: list[dict[str, Any]] | None = None,
+    tag: str = "daemon",
+) -> dict[str, Any]:
+    """A daemon config for the bench: loopback, port 0, log on (``synchronous: normal``) or off."""
+    return {
+        "gateway": {"url": f"{gateway}/v1/api", "verify_tls": False, "tickle_interval": 60},
+        "http": {"bind": "127.0.0.1:0"},
+        "events": {
+            "capacity": {"orders": 1000, "pnl": 5000, "marketdata": 2000, "default": 1000}
+            | (capacity or {}),
+            "marketdata": {"max_conids": 100, "idle_unsubscribe": 3600},
+        },
+        "store": {
+            "path": str(workdir / f"{tag}.db") if log else None,
+            "synchronous": "normal",
+        },
+        "sinks": sinks or [],
+    }
+
+
+async def start_daemon(workdir: Path, config: dict[str, Any], tag: str = "daemon") -> tuple[Child, str]:
+    """``python -m bezant_trio run --config <tmp yaml>``; returns (child, base URL)."""
+    path = workdir / f"{tag}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    child = Child(
+        tag,
+        [PYTHON, "-m", "bezant_trio", "run", "--config", str(path), "--log-level", "WARNING"],
+        workdir,
+    )
+    # --log-level WARNING would hide the "serving on" line: ask /health instead.
+    del child
+    child = Child(tag, [PYTHON, "-m", "bezant_trio", "run", "--config", str(path)], workdir)
+    match = await child.wait_for(_SERVING)
+    return child, match.group(1)
+
+
+# ------------------------------------------------------------------ HTTP client
+
+
+class HttpError(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+class Http:
+    """A minimal keep-alive HTTP/1.1 client (content-length and chunked bodies).
+
+    Leaner than a general client so the load it adds to a 2-core machine is
+    small next to what it measures.
+    """
+
+    def __init__(self, base: str) -> None:
+        host_port = base.split("://", 1)[1].split("/", 1)[0]
+        host, _, port = host_port.rpartition(":")
+        self.host, self.port = host, int(port)
+        self._stream: trio.SocketStream | None = None
+        self._buf = bytearray()
+
+    async def _connect(self) -> trio.SocketStream:
+        if self._stream is None:
+            self._stream = await trio.open_tcp_stream(self.host, self.port)
+            self._buf.clear()
+        return self._stream
+
+    async def aclose(self) -> None:
+        if self._stream is not None:
+            await self._stream.aclose()
+            self._stream = None
+
+    async def send_request(self, method: str, path: str, body: Any = None) -> None:
+        stream = await self._connect()
+        data = b"" if body is None else (body if isinstance(body, bytes) else orjson.dumps(body))
+        head = (
+            f"{method} {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
+            f"content-length: {len(data)}\r\n"
+        )
+        if data:
+            head += "content-type: application/json\r\n"
+        await stream.send_all(head.encode() + b"\r\n" + data)
+
+    async def _fill(self) -> None:
+        assert self._stream is not None
+        chunk = await self._stream.receive_some(262144)
+        if not chunk:
+            self._stream = None
+            raise HttpError("connection closed by the server")
+        self._buf += chunk
+
+    async def read_head(self) -> tuple[int, dict[str, str]]:
+        while (end := self._buf.find(b"\r\n\r\n")) < 0:
+            await self._fill()
+        lines = self._buf[:end].decode("latin-1").split("\r\n")
+        del self._buf[: end + 4]
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status, headers
+
+    async def read_exact(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            await self._fill()
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    async def read_line(self) -> bytes:
+        while (end := self._buf.find(b"\n")) < 0:
+            await self._fill()
+        line = bytes(self._buf[: end + 1])
+        del self._buf[: end + 1]
+        return line
+
+    async def read_body(self, status: int, headers: dict[str, str]) -> bytes:
+        if "content-length" in headers:
+            return await self.read_exact(int(headers["content-length"]))
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int((await self.read_line()).split(b";")[0], 16)
+                if size == 0:
+                    await self.read_line()
+                    return b"".join(parts)
+                parts.append(await self.read_exact(size))
+                await self.read_exact(2)
+        if status in (204, 304) or 100 <= status < 200:
+            return b""
+        raise HttpError(f"cannot frame a {status} response without content-length: {headers}")
+
+    async def request(self, method: str, path: str, body: Any = None) -> Reply:
+        for attempt in (0, 1):
+            try:
+                await self.send_request(method, path, body)
+                status, headers = await self.read_head()
+                data = await self.read_body(status, headers)
+            except (HttpError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                # An idle keep-alive connection the server closed: retry once on a new one.
+                await self.aclose()
+                if attempt:
+                    raise
+                continue
+            if headers.get("connection", "").lower() == "close":
+                await self.aclose()
+            return Reply(status, headers, data)
+        raise AssertionError("unreachable")
+
+    async def get(self, path: str) -> Reply:
+        return await self.request("GET", path)
+
+    async def post(self, path: str, body: Any = None) -> Reply:
+        return await self.request("POST", path, body if body is not None else {})
+
+
+async def request_once(base: str, method: str, path: str, body: Any = None) -> Reply:
+    client = Http(base)
+    try:
+        return await client.request(method, path, body)
+    finally:
+        await client.aclose()
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def summarise(values: Sequence[float]) -> dict[str, float]:
+    """Median, min and max of repeated runs."""
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile (0-100), nearest-rank on sorted values."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+    return ordered[rank]
+
+
+def now_ns() -> int:
+    return time.time_ns()
