@@ -143,13 +143,7 @@ async def start_daemon(workdir: Path, config: dict[str, Any], tag: str = "daemon
     """``python -m bezant_trio run --config <tmp yaml>``; returns (child, base URL)."""
     path = workdir / f"{tag}.yaml"
     path.write_text(yaml.safe_dump(config))
-    child = Child(
-        tag,
-        [PYTHON, "-m", "bezant_trio", "run", "--config", str(path), "--log-level", "WARNING"],
-        workdir,
-    )
-    # --log-level WARNING would hide the "serving on" line: ask /health instead.
-    del child
+    # INFO (the default) is needed for the "serving on" line; nothing logs per frame or request.
     child = Child(tag, [PYTHON, "-m", "bezant_trio", "run", "--config", str(path)], workdir)
     match = await child.wait_for(_SERVING)
     return child, match.group(1)

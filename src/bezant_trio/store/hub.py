@@ -224,7 +224,15 @@ class Hub:
         if self.event_log is None or self.log_state.degraded:
             if self.log_state.degraded:
                 self.log_state.backlog.append(event)
-            self._make_visible((event,))
+            ring = self._rings.get(topic)
+            if ring is None:
+                self._make_visible((event,))
+            else:
+                # The per-frame path of memory-only capture: no set, no loop.
+                ring.append(event)
+                waiter = self._wakeups.pop(topic, None)
+                if waiter is not None:
+                    waiter.set()
         else:
             self._pending.append(event)
             if len(self._pending) == 1:
