@@ -69,17 +69,19 @@ def encode_payload(payload: Any) -> bytes:
 class Event:
     """One captured event, in the wire shape of ``GET /events/{topic}``.
 
-    ``payload_json`` holds the payload's JSON bytes (for gateway frames, the
-    frame's own bytes, so nothing is re-encoded); ``json`` is the whole event
-    object, built once by :meth:`build`.
+    ``json`` is the whole event object, built once by :meth:`build`; the
+    payload's bytes (for gateway frames, the frame's own bytes, so nothing is
+    re-encoded) are the slice of it that :attr:`payload_json` returns. Keeping
+    only one copy of the bytes is what keeps 100k buffered events small.
     """
 
     topic: str
     cursor: int
     received_at: str
     reset_epoch: int
-    payload_json: bytes
     json: bytes
+    #: Where the payload starts inside ``json`` (it ends before the final ``}``).
+    payload_at: int
 
     @classmethod
     def build(
@@ -91,7 +93,7 @@ class Event:
         payload_json: bytes,
     ) -> Event:
         """Create an event and encode its wire JSON (the only encode it gets)."""
-        encoded = b"".join(
+        head = b"".join(
             (
                 b'{"cursor":',
                 str(cursor).encode(),
@@ -102,11 +104,14 @@ class Event:
                 b'","reset_epoch":',
                 str(reset_epoch).encode(),
                 b',"payload":',
-                payload_json,
-                b"}",
             )
         )
-        return cls(topic, cursor, received_at, reset_epoch, payload_json, encoded)
+        return cls(topic, cursor, received_at, reset_epoch, head + payload_json + b"}", len(head))
+
+    @property
+    def payload_json(self) -> bytes:
+        """The payload's JSON bytes."""
+        return self.json[self.payload_at : -1]
 
     @property
     def payload(self) -> Any:

@@ -38,8 +38,10 @@ log = logging.getLogger(__name__)
 
 #: How far cursors jump after an unclean stop (see the module docstring).
 UNCLEAN_CURSOR_SKIP = 1_000_000
-#: At most this many events go into one log transaction.
-MAX_BATCH = 5000
+#: At most this many events go into one log transaction. Kept below the ring
+#: capacities: a batch larger than a ring would push its own events out of
+#: memory before any reader saw them there, sending every reader to the log.
+MAX_BATCH = 1000
 #: Pending (not yet committed) events above which publishers are asked to wait.
 MAX_PENDING = 50_000
 #: A long-poller woken for fewer than ``limit`` events waits this long for more
