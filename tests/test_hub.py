@@ -117,3 +117,37 @@ async def test_want_conid_limits_and_idle_expiry(autojump_clock: object) -> None
     await trio.sleep(150)
     assert hub.expire_idle_conids(300) == [1]
     assert hub.wanted_conids() == [2]
+
+
+async def test_batch_readers_of_a_hot_topic_are_paced(hub: Hub, autojump_clock: object) -> None:
+    """Under load a long-poller gets batches, not one event per request; a quiet
+    topic still answers at once."""
+    from bezant_trio.store.hub import WAKE_INTERVAL
+
+    answers: list[int] = []
+
+    async def reader() -> None:
+        since = 0
+        while since < 2000:
+            assert await hub.wait("orders", since, 5, limit=1000)
+            page = await hub.read("orders", since, 1000)
+            answers.append(len(page.events))
+            since = page.next_cursor
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        start = trio.current_time()
+        for i in range(2000):  # 20,000 events/s
+            hub.publish("orders", {"i": i})
+            await trio.sleep(0.00005)
+    elapsed = trio.current_time() - start
+    assert sum(answers) == 2000
+    assert len(answers) <= elapsed / WAKE_INTERVAL + 2
+    # quiet again: the next event is answered without any pacing delay
+    await trio.sleep(1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: hub.wait("orders", 2000, 5, limit=1000))
+        await trio.sleep(0.5)
+        t0 = trio.current_time()
+        hub.publish("orders", {"i": "late"})
+    assert trio.current_time() - t0 < WAKE_INTERVAL

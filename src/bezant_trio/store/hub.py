@@ -44,9 +44,11 @@ UNCLEAN_CURSOR_SKIP = 1_000_000
 MAX_BATCH = 1000
 #: Pending (not yet committed) events above which publishers are asked to wait.
 MAX_PENDING = 50_000
-#: A long-poller woken for fewer than ``limit`` events waits this long for more
-#: (memory-only mode; with the log on, group commit already batches wake-ups).
-WAKE_COALESCE = 0.001
+#: A reader asking for a batch (``limit`` > 1) that comes back within this long
+#: of the topic's previous answer, while fewer than ``limit`` events are ready,
+#: is held until the interval is over: under load each request then carries a
+#: batch instead of one event, and a quiet topic still answers at once (PERF.md).
+WAKE_INTERVAL = 0.002
 
 
 def marketdata_topic(conid: int) -> str:
@@ -138,6 +140,8 @@ class Hub:
         self.published: dict[str, int] = {}
         #: Readers parked in :meth:`wait` right now (long-polls, sinks, SSE).
         self.waiting = 0
+        #: Per topic, when a batch reader was last answered (see WAKE_INTERVAL).
+        self._answered_at: dict[str, float] = {}
         self.log_state = _LogState()
         self._log_stats: Any = None
         self._log_stats_at = 0.0
@@ -359,24 +363,32 @@ class Hub:
 
         Returns early (False) when the hub is closing, so long-polls end at shutdown.
         """
-        if self.head(topic) > since:
-            return True
-        self.waiting += 1
-        try:
-            await self._wait(topic, since, timeout, limit)
-        finally:
-            self.waiting -= 1
-        return self.head(topic) > since
+        if self.head(topic) <= since:
+            self.waiting += 1
+            try:
+                with trio.move_on_after(timeout):
+                    while self.head(topic) <= since and not self._closing:
+                        waiter = self._wakeups.get(topic)
+                        if waiter is None:
+                            waiter = self._wakeups[topic] = trio.Event()
+                        await waiter.wait()
+            finally:
+                self.waiting -= 1
+        if self.head(topic) <= since:
+            return False
+        if limit > 1:
+            await self._pace(topic, since, limit)
+        return True
 
-    async def _wait(self, topic: str, since: int, timeout: float, limit: int) -> None:
-        with trio.move_on_after(timeout):
-            while self.head(topic) <= since and not self._closing:
-                waiter = self._wakeups.get(topic)
-                if waiter is None:
-                    waiter = self._wakeups[topic] = trio.Event()
-                await waiter.wait()
-            if self.event_log is None and 0 < self.head(topic) - since < limit:
-                await trio.sleep(WAKE_COALESCE)
+    async def _pace(self, topic: str, since: int, limit: int) -> None:
+        """Hold a batch reader of a hot topic until ``WAKE_INTERVAL`` since its last answer."""
+        if self._closing or topic not in self._rings:
+            return
+        now = trio.current_time()
+        last = self._answered_at.get(topic)
+        if last is not None and now - last < WAKE_INTERVAL and self.head(topic) - since < limit:
+            await trio.sleep(last + WAKE_INTERVAL - now)
+        self._answered_at[topic] = trio.current_time()
 
     # ------------------------------------------------------------- log writer
 
