@@ -79,19 +79,25 @@ class HubRead:
 class _Timestamps:
     """RFC 3339 ms timestamps, formatting the seconds part once per second."""
 
-    __slots__ = ("_prefix", "_sec")
+    __slots__ = ("_last", "_ms", "_prefix", "_sec")
 
     def __init__(self) -> None:
         self._sec = -1
         self._prefix = ""
+        self._ms = -1
+        self._last = ""
 
     def now(self) -> str:
         ms = int(time.time() * 1000)
+        if ms == self._ms:  # the events of one millisecond share one string
+            return self._last
+        self._ms = ms
         sec, millis = divmod(ms, 1000)
         if sec != self._sec:
             self._sec = sec
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
-        return f"{self._prefix}{millis:03d}Z"
+        self._last = f"{self._prefix}{millis:03d}Z"
+        return self._last
 
 
 @dataclass
