@@ -55,7 +55,11 @@ class DaemonProcess:
         self.runs += 1
         config_path = self.workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(self.config))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("BEZANT_", "IBKR_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("BEZANT_", "IBKR_", "NOTIFY_SOCKET", "WATCHDOG_"))
+        }
         env.update(self.env)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -92,7 +96,11 @@ def run_cli(
     *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m bezant_trio ARGS`` to completion."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("BEZANT_", "IBKR_"))}
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("BEZANT_", "IBKR_", "NOTIFY_SOCKET", "WATCHDOG_"))
+    }
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "bezant_trio", *args],

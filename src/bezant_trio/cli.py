@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,12 @@ EXIT_CONFIG = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bezant-trio`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["simulate"]:
+        # The simulator has its own options (many start with "-"), parsed by it.
+        from bezant_trio.simulator import run_cli
+
+        return run_cli(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -70,21 +77,52 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", help="YAML config (default ./config.yaml if present)")
     check.set_defaults(func=_cmd_check_config)
 
-    tail = sub.add_parser("tail", help="print a topic's events as JSON lines (long-poll)")
-    tail.add_argument("topic")
-    tail.add_argument(
-        "--since", type=int, default=None, help="start after this cursor (default: head)"
+    tail = sub.add_parser(
+        "tail",
+        help="print a topic's events as JSON lines (long-poll)",
+        description="Follow TOPIC with long-polls and print each event as one JSON line. "
+        "Survives daemon restarts; a cursor the daemon no longer keeps (412) prints one "
+        'synthetic line with "cursor": null and payload.reason "cursor_expired", then '
+        "resumes at the head.",
     )
-    tail.add_argument("--url", default=os.environ.get("BEZANT_URL", "http://127.0.0.1:8080"))
-    tail.add_argument("--token", default=os.environ.get("BEZANT_API_TOKEN"))
-    tail.add_argument("--wait", type=float, default=25.0, help="long-poll seconds")
+    tail.add_argument("topic", help="orders, pnl, gap, marketdata:265598, ...")
+    tail.add_argument(
+        "--since",
+        type=int,
+        default=None,
+        help="print events after this cursor (0: everything kept; default: only new ones)",
+    )
+    tail.add_argument(
+        "--url",
+        default=os.environ.get("BEZANT_URL", "http://127.0.0.1:8080"),
+        help="daemon base URL (default $BEZANT_URL or http://127.0.0.1:8080)",
+    )
+    tail.add_argument(
+        "--token",
+        default=os.environ.get("BEZANT_API_TOKEN"),
+        help="bearer token (default $BEZANT_API_TOKEN; prefer the variable: argv is visible to ps)",
+    )
+    tail.add_argument("--wait", type=float, default=25.0, help="long-poll seconds (0-30)")
     tail.set_defaults(func=_cmd_tail)
     return parser
 
 
 def _add_log_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log-level", default=os.environ.get("BEZANT_LOG_LEVEL", "INFO"))
-    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default=os.environ.get("BEZANT_LOG_LEVEL", "INFO").upper(),
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=os.environ.get("BEZANT_LOG_FORMAT", "text"),
+        help="text (journald-friendly under systemd) or json lines for log shippers",
+    )
+    parser.add_argument(
+        "--log-file", default=None, help="append log lines to this file (reopened on SIGHUP)"
+    )
 
 
 def _config_error(exc: Exception) -> int:
@@ -114,7 +152,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config = _load(args.config)
     except ConfigError as exc:
         return _config_error(exc)
-    setup_logging(args.log_level, args.log_format)
+    setup_logging(args.log_level, args.log_format, log_file=args.log_file)
     config_path = args.config or ("config.yaml" if os.path.exists("config.yaml") else None)
     return _run_daemon(config, config_path)
 
@@ -158,7 +196,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from bezant_trio.logs import setup_logging
     from bezant_trio.simulator import GatewaySimulator
 
-    setup_logging(args.log_level, args.log_format)
+    setup_logging(args.log_level, args.log_format, log_file=args.log_file)
     conids = args.conid or [265598, 8314]
     simulator = GatewaySimulator(
         tls=True, rates={"orders": 2.0, "pnl": 1.0, "trades": 0.5, "marketdata": 5.0}
@@ -202,6 +240,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _run_daemon(config_from_mapping({}, env={}), None, before=before)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from bezant_trio.simulator import run_cli
 
@@ -211,6 +253,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_tail(args: argparse.Namespace) -> int:
     from bezant_trio.client import tail_forever
 
+    # SIGTERM (a supervisor, `timeout`, a pipeline ending) stops tail as Ctrl-C does: exit 0.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return tail_forever(
             args.url, args.topic, since=args.since, token=args.token, wait=args.wait

@@ -1,15 +1,33 @@
-"""A small REST poller for bezant-trio: sync (httpx) and Trio flavours.
+"""A small REST poller for bezant-trio (and bezant-server): sync and Trio flavours.
 
-``Poller`` follows one topic with long-polls, handles 204 (caught up), 412
-(cursor expired: it yields a synthetic ``gap`` line and resumes at the head)
-and epoch changes, so a bot only sees a stream of events.
+Both follow one topic with long-polls and turn the protocol into a plain
+stream of events:
+
+- ``200``: the events; the cursor moves to ``next_cursor``.
+- ``204``: caught up; poll again.
+- ``412 cursor_expired``: events were dropped before we read them. The
+  poller yields one synthetic event, ``{"cursor": null, "topic", ...,
+  "payload": {"reason": "cursor_expired", "skipped_from", "resumed_at",
+  "new_reset_epoch"}}``, and resumes at ``head_cursor``. A ``head_cursor``
+  *below* our cursor means the daemon restarted without its durable log (a
+  new cursor space), so the poller resumes from 0 instead and loses nothing
+  of the new space.
+- ``reset_epoch`` changes (reconnects, restarts) are tracked in
+  :attr:`reset_epoch`; the daemon itself puts a ``gap`` event into the
+  topic for each, so the stream shows them in order.
+- Connection errors and 5xx (the daemon restarting) are retried with
+  backoff; other 4xx (bad token, bad topic) raise :class:`PollError`.
+
+``bezant-trio tail`` is :func:`tail_forever` on the sync :class:`Poller`;
+:class:`AsyncPoller` is the same on ``httpx.AsyncClient`` for Trio (or asyncio) bots.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -17,11 +35,109 @@ import orjson
 
 from bezant_trio.model import GapReason, format_ts
 
-__all__ = ["Poller", "tail_forever"]
+__all__ = ["AsyncPoller", "PollError", "Poller", "tail_forever"]
+
+log = logging.getLogger(__name__)
+
+#: ``since`` far beyond any real cursor: the answer (412) tells the head in one request.
+_PROBE_CURSOR = 999_999_999_999_999_999
+_RETRY_MIN = 0.5
+_RETRY_MAX = 10.0
+
+
+class PollError(Exception):
+    """An answer retrying cannot fix (401, 400, 404): the message says which."""
+
+
+class _PollState:
+    """The cursor logic both pollers share: interpret one answer, no I/O."""
+
+    def __init__(self, topic: str, since: int | None, wait: float, limit: int) -> None:
+        self.topic = topic
+        self.cursor = since
+        self.wait = wait
+        self.limit = limit
+        self.reset_epoch: int | None = None
+
+    def params(self, since: int, wait: float) -> dict[str, Any]:
+        return {"since": since, "limit": self.limit, "wait": wait}
+
+    def head_from(self, response: httpx.Response) -> int:
+        """The head cursor told by the answer to a ``since=_PROBE_CURSOR`` poll."""
+        if response.status_code == 412:
+            return int(response.json()["head_cursor"])
+        if response.status_code == 204:
+            return int(response.headers.get("x-bezant-cursor", 0))
+        _raise_unless_retryable(response)
+        # A topic that never had an event answers 200 with next_cursor=since.
+        next_cursor = int(response.json()["next_cursor"])
+        return 0 if next_cursor == _PROBE_CURSOR else next_cursor
+
+    def accept(self, response: httpx.Response) -> list[dict[str, Any]]:
+        """Apply one poll's answer; returns its events (maybe one synthetic gap)."""
+        assert self.cursor is not None
+        if response.status_code == 204:
+            return []
+        if response.status_code == 412:
+            body = response.json()
+            head = int(body["head_cursor"])
+            resumed = head if head >= self.cursor else 0
+            epoch = body.get("reset_epoch")
+            gap = {
+                "cursor": None,
+                "topic": self.topic,
+                "received_at": format_ts(),
+                "reset_epoch": epoch,
+                "payload": {
+                    "reason": str(GapReason.CURSOR_EXPIRED),
+                    "skipped_from": self.cursor,
+                    "resumed_at": resumed,
+                    "new_reset_epoch": epoch,
+                },
+            }
+            self._note_epoch(epoch)
+            self.cursor = resumed
+            return [gap]
+        _raise_unless_retryable(response)
+        body = response.json()
+        events = list(body["events"])
+        self._note_epoch(body.get("reset_epoch"))
+        self.cursor = int(body["next_cursor"])
+        return events
+
+    def _note_epoch(self, epoch: int | None) -> None:
+        if epoch is not None and self.reset_epoch is not None and epoch != self.reset_epoch:
+            log.info("%s: reset_epoch %s -> %s", self.topic, self.reset_epoch, epoch)
+        if epoch is not None:
+            self.reset_epoch = epoch
+
+
+def _raise_unless_retryable(response: httpx.Response) -> None:
+    """Raise PollError for a final 4xx; HTTPStatusError (retried) for 5xx/408/429."""
+    code = response.status_code
+    if 400 <= code < 500 and code not in (408, 429):
+        try:
+            message = response.json().get("message", response.text)
+        except ValueError:
+            message = response.text
+        raise PollError(f"{response.request.url.path} answered {code}: {message}")
+    response.raise_for_status()
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
+def _backoff(delay: float) -> float:
+    return min(delay * 2, _RETRY_MAX)
 
 
 class Poller:
-    """Follow ``topic`` on a bezant-trio (or bezant-server) events surface."""
+    """Follow ``topic`` on a bezant-trio (or bezant-server) events surface, synchronously.
+
+    ``since=None`` starts at the head (only new events); ``since=0`` from the
+    oldest event the daemon keeps.
+    """
 
     def __init__(
         self,
@@ -32,93 +148,182 @@ class Poller:
         token: str | None = None,
         wait: float = 25.0,
         limit: int = 1000,
+        on_retry: Callable[[Exception, float], None] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
-        self.topic = topic
-        self.cursor = since
-        self.wait = wait
-        self.limit = limit
-        self.reset_epoch: int | None = None
-        headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.Client(headers=headers, timeout=wait + 10)
+        self._state = _PollState(topic, since, wait, limit)
+        self._on_retry = on_retry
+        self._client = httpx.Client(headers=_headers(token), timeout=wait + 10)
+
+    @property
+    def topic(self) -> str:
+        return self._state.topic
+
+    @property
+    def cursor(self) -> int | None:
+        """The cursor the next poll asks after."""
+        return self._state.cursor
+
+    @property
+    def reset_epoch(self) -> int | None:
+        return self._state.reset_epoch
 
     def close(self) -> None:
         self._client.close()
 
+    def __enter__(self) -> Poller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _get(self, since: int, wait: float) -> httpx.Response:
         return self._client.get(
-            f"{self.url}/events/{self.topic}",
-            params={"since": since, "limit": self.limit, "wait": wait},
+            f"{self.url}/events/{self.topic}", params=self._state.params(since, wait)
         )
 
     def head(self) -> int:
-        """The topic's newest cursor (from a 204's ``x-bezant-cursor`` or the last event)."""
-        cursor = 0
-        while True:
-            response = self._get(cursor, 0)
-            if response.status_code == 204:
-                return int(response.headers.get("x-bezant-cursor", cursor))
-            if response.status_code == 412:
-                cursor = int(response.json()["head_cursor"])
-                continue
-            response.raise_for_status()
-            body = response.json()
-            if not body["events"]:
-                return int(body["next_cursor"])
-            cursor = int(body["next_cursor"])
+        """The topic's newest cursor (0 for a topic that never had an event)."""
+        return self._state.head_from(self._get(_PROBE_CURSOR, 0))
 
     def poll(self) -> list[dict[str, Any]]:
         """One long-poll; returns events (maybe a synthetic gap) and advances the cursor."""
-        if self.cursor is None:
-            self.cursor = self.head()
-        response = self._get(self.cursor, self.wait)
-        if response.status_code == 204:
-            return []
-        if response.status_code == 412:
-            body = response.json()
-            head = int(body["head_cursor"])
-            gap = {
-                "cursor": None,
-                "topic": self.topic,
-                "received_at": format_ts(),
-                "reset_epoch": body.get("reset_epoch"),
-                "payload": {
-                    "reason": str(GapReason.CURSOR_EXPIRED),
-                    "skipped_from": self.cursor,
-                    "resumed_at": head,
-                    "new_reset_epoch": body.get("reset_epoch"),
-                },
-            }
-            self.cursor = head
-            return [gap]
-        response.raise_for_status()
-        body = response.json()
-        self.reset_epoch = body.get("reset_epoch")
-        self.cursor = int(body["next_cursor"])
-        return list(body["events"])
+        if self._state.cursor is None:
+            self._state.cursor = self.head()
+        return self._state.accept(self._get(self._state.cursor, self._state.wait))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        """Events forever; transient connection errors are retried with backoff."""
-        delay = 0.5
+        """Events forever; connection errors and 5xx are retried with backoff."""
+        delay = _RETRY_MIN
         while True:
             try:
                 events = self.poll()
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-                print(f"bezant-trio tail: {type(exc).__name__}: {exc}; retrying", file=sys.stderr)
+                if self._on_retry is not None:
+                    self._on_retry(exc, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = _backoff(delay)
                 continue
-            delay = 0.5
+            delay = _RETRY_MIN
             yield from events
 
 
-def tail_forever(url: str, topic: str, *, since: int | None, token: str | None, wait: float) -> int:
-    """Print ``topic``'s events as JSON lines until interrupted."""
-    poller = Poller(url, topic, since=since, token=token, wait=wait)
+class AsyncPoller:
+    """:class:`Poller` on ``httpx.AsyncClient``: ``async for event in poller``.
+
+    Runs under Trio (and asyncio). Use it as an async context manager, or
+    call :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        topic: str,
+        *,
+        since: int | None = None,
+        token: str | None = None,
+        wait: float = 25.0,
+        limit: int = 1000,
+        on_retry: Callable[[Exception, float], None] | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._state = _PollState(topic, since, wait, limit)
+        self._on_retry = on_retry
+        self._client = httpx.AsyncClient(headers=_headers(token), timeout=wait + 10)
+
+    @property
+    def topic(self) -> str:
+        return self._state.topic
+
+    @property
+    def cursor(self) -> int | None:
+        return self._state.cursor
+
+    @property
+    def reset_epoch(self) -> int | None:
+        return self._state.reset_epoch
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncPoller:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _get(self, since: int, wait: float) -> httpx.Response:
+        return await self._client.get(
+            f"{self.url}/events/{self.topic}", params=self._state.params(since, wait)
+        )
+
+    async def head(self) -> int:
+        """The topic's newest cursor (0 for a topic that never had an event)."""
+        return self._state.head_from(await self._get(_PROBE_CURSOR, 0))
+
+    async def poll(self) -> list[dict[str, Any]]:
+        """One long-poll; returns events (maybe a synthetic gap) and advances the cursor."""
+        if self._state.cursor is None:
+            self._state.cursor = await self.head()
+        return self._state.accept(await self._get(self._state.cursor, self._state.wait))
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        """Events forever; connection errors and 5xx are retried with backoff."""
+        import sniffio
+
+        sleep = _async_sleep(sniffio.current_async_library())
+        delay = _RETRY_MIN
+        while True:
+            try:
+                events = await self.poll()
+            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+                if self._on_retry is not None:
+                    self._on_retry(exc, delay)
+                await sleep(delay)
+                delay = _backoff(delay)
+                continue
+            delay = _RETRY_MIN
+            for event in events:
+                yield event
+
+
+def _async_sleep(library: str) -> Callable[[float], Any]:
+    if library == "trio":
+        import trio
+
+        return trio.sleep
+    import asyncio
+
+    return asyncio.sleep
+
+
+def tail_forever(
+    url: str,
+    topic: str,
+    *,
+    since: int | None,
+    token: str | None,
+    wait: float = 25.0,
+    out: Any = None,
+) -> int:
+    """Print ``topic``'s events as JSON lines until interrupted; 1 on a final error."""
+    out = out if out is not None else sys.stdout
+
+    def report(exc: Exception, delay: float) -> None:
+        print(f"bezant-trio tail: {_describe(exc)}; retrying in {delay:g} s", file=sys.stderr)
+
     try:
-        for event in poller:
-            sys.stdout.write(orjson.dumps(event).decode() + "\n")
-            sys.stdout.flush()
-    finally:
-        poller.close()
+        with Poller(url, topic, since=since, token=token, wait=wait, on_retry=report) as poller:
+            for event in poller:
+                out.write(orjson.dumps(event).decode() + "\n")
+                out.flush()
+    except PollError as exc:
+        print(f"bezant-trio tail: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"{exc.request.url.path} answered {exc.response.status_code}"
+    return f"{type(exc).__name__}: {exc}"

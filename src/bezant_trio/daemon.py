@@ -15,13 +15,17 @@ from typing import Any
 
 import trio
 
+from bezant_trio import logs
 from bezant_trio.config import Config, ConfigError, load_config
 from bezant_trio.cpapi.connector import Connector, ConnectorSettings
 from bezant_trio.http.app import HttpContext, create_app
+from bezant_trio.http.metrics import DaemonMetrics
 from bezant_trio.http.server import BindError, InFlight, serve_http
+from bezant_trio.http.sse import SseStreams
 from bezant_trio.sinks.manager import SinkConfigError, SinkManager
 from bezant_trio.store.hub import Hub
 from bezant_trio.store.log import EventLog, LogOpenError
+from bezant_trio.systemd import SystemdNotifier, WriterHealth
 
 __all__ = ["Daemon", "StartupError"]
 
@@ -36,7 +40,12 @@ class Daemon:
     """The whole daemon, startable as ``await nursery.start(daemon.run)``."""
 
     def __init__(
-        self, config: Config, *, connect: bool = True, config_path: str | None = None
+        self,
+        config: Config,
+        *,
+        connect: bool = True,
+        config_path: str | None = None,
+        notifier: SystemdNotifier | None = None,
     ) -> None:
         self.config = config
         #: Where SIGHUP re-reads the ``sinks:`` section from.
@@ -48,6 +57,10 @@ class Daemon:
         self.sinks: SinkManager | None = None
         self.http_url: str | None = None
         self.state = "starting"
+        #: systemd's notify socket (a no-op without ``$NOTIFY_SOCKET``).
+        self.notifier = notifier if notifier is not None else SystemdNotifier.from_env()
+        self.metrics: DaemonMetrics | None = None
+        self.streams = SseStreams()
         self._stop = trio.Event()
         #: Set once the daemon serves (what READY=1 means).
         self.serving = trio.Event()
@@ -65,26 +78,36 @@ class Daemon:
         await self.sinks.reload(sink_configs)
 
     async def on_sighup(self) -> None:
-        """Reopen file sinks and re-read the config's ``sinks:`` section.
+        """Reopen log files and file sinks, re-read the config's ``sinks:`` section.
 
-        A bad new config is rejected with a log line; the running sinks stay.
+        Sinks are added, removed or changed without a restart; a bad new config
+        is rejected with a log line and the running sinks stay. systemd hears
+        ``RELOADING=1`` before and ``READY=1`` after.
         """
-        if self.sinks is None:
+        if self.sinks is None or self.state != "serving":
+            log.info("SIGHUP ignored: the daemon is %s", self.state)
             return
-        self.sinks.reopen()
+        self.notifier.reloading()
         try:
-            new = await trio.to_thread.run_sync(load_config, self.config_path)
-            await self.sinks.reload(new.sinks)
-        except (ConfigError, SinkConfigError) as exc:
-            log.error("SIGHUP: keeping the running sinks; the new config is invalid: %s", exc)
-            return
-        log.info("SIGHUP: sinks reloaded (%d)", len(new.sinks))
+            logs.reopen_log_files()
+            self.sinks.reopen()
+            try:
+                new = await trio.to_thread.run_sync(load_config, self.config_path)
+                logs.add_secrets(config_secrets(new))
+                await self.sinks.reload(new.sinks)
+            except (ConfigError, SinkConfigError) as exc:
+                log.error("SIGHUP: keeping the running sinks; the new config is invalid: %s", exc)
+                return
+            log.info("SIGHUP: sinks reloaded (%d)", len(new.sinks))
+        finally:
+            self.notifier.ready(self.status_line())
 
     # ----------------------------------------------------------------- run
 
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until :meth:`request_stop`; raises :class:`StartupError` on bad start-up."""
         config = self.config
+        logs.add_secrets(config_secrets(config))
         event_log = None
         if config.store.path:
             try:
@@ -96,6 +119,7 @@ class Daemon:
         try:
             await self._run(event_log, task_status)
         finally:
+            self.notifier.close()
             if event_log is not None:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(event_log.close)
@@ -114,6 +138,14 @@ class Daemon:
             raise StartupError(str(exc)) from None
         if self.connect:
             self.connector = Connector(hub, ConnectorSettings.from_config(config))
+        metrics = self.metrics = DaemonMetrics(
+            hub,
+            connector_status=lambda: self.connector.status() if self.connector else None,
+            sinks_status=lambda: self.sinks.status() if self.sinks else {},
+            capacity_for=config.events.capacity_for,
+            in_flight=lambda: app.count,
+            sse_clients=lambda: self.streams.clients,
+        )
         app = self._http = InFlight(
             create_app(
                 HttpContext(
@@ -121,12 +153,20 @@ class Daemon:
                     token=config.http.token,
                     status_extra=self._status_extra,
                     health=self._health,
+                    metrics=metrics.render,
                     history_enabled=lambda: event_log is not None,
+                    streams=self.streams,
+                    extensions=[metrics.install],
                 )
             )
         )
+        notifier = self.notifier
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.run_writer)
+            if notifier.watchdog_interval is not None:
+                health = WriterHealth(lambda: hub.pending, period=notifier.watchdog_interval)
+                hub.commit_observers.append(health.observe_commit)
+                await nursery.start(notifier.run_watchdog, health)
             await nursery.start(self._run_retention)
             connector_scope = trio.CancelScope()
             if self.connector is not None:
@@ -150,6 +190,8 @@ class Daemon:
             log.info("serving on %s (epoch %d)", self.http_url, hub.reset_epoch)
             self.sinks.run_startup_hooks(daemon=self)
             self.serving.set()
+            notifier.ready(self.status_line())
+            await nursery.start(notifier.run_status, self.status_line)
             task_status.started(self)
             await self._stop.wait()
             await self._shutdown(nursery, connector_scope, sinks_scope)
@@ -164,6 +206,7 @@ class Daemon:
         """Stop taking input, answer long-polls, flush, let sinks finish, exit."""
         assert self.hub is not None and self.sinks is not None
         self.state = "stopping"
+        self.notifier.stopping()
         log.info("shutting down")
         self.sinks.run_shutdown_hooks(daemon=self)
         connector_scope.cancel()
@@ -220,6 +263,18 @@ class Daemon:
 
     # -------------------------------------------------------------- status
 
+    def status_line(self) -> str:
+        """One line saying what the daemon is doing (systemd's STATUS=)."""
+        if self.state != "serving" or self.hub is None:
+            return self.state
+        if self.connector is not None:
+            line = self.connector.status_line()
+        else:
+            line = f"not connecting, epoch {self.hub.reset_epoch}, {len(self.hub.topics())} topics"
+        if self.hub.event_log is not None and self.hub.log_state.degraded:
+            line += f"; log degraded: {self.hub.log_state.last_error}"
+        return line
+
     def _status_extra(self) -> dict[str, Any]:
         assert self.hub is not None
         if self.connector is not None:
@@ -251,6 +306,28 @@ class Daemon:
             "connected": connected,
             "log": log_state,
         }
+
+
+def config_secrets(config: Config) -> list[str]:
+    """Every secret value of ``config`` (the token, sink secrets): what logs must never show.
+
+    Found as the values :meth:`Config.to_dict` masks, so it stays in step
+    with what ``check-config`` hides.
+    """
+    found: list[str] = []
+    _collect_masked(config.to_dict(mask_secrets=False), config.to_dict(mask_secrets=True), found)
+    return found
+
+
+def _collect_masked(plain: Any, masked: Any, found: list[str]) -> None:
+    if isinstance(plain, dict) and isinstance(masked, dict):
+        for key, value in plain.items():
+            _collect_masked(value, masked.get(key), found)
+    elif isinstance(plain, list) and isinstance(masked, list):
+        for value, hidden in zip(plain, masked, strict=False):
+            _collect_masked(value, hidden, found)
+    elif isinstance(plain, str) and masked != plain:
+        found.append(plain)
 
 
 async def run_until_signalled(daemon: Daemon) -> None:

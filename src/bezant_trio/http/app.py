@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,8 @@ from werkzeug.exceptions import HTTPException
 
 from bezant_trio.http.errors import ApiError, error_response, json_response
 from bezant_trio.http.openapi import openapi_spec
+from bezant_trio.http.params import check_topic, conid_of, int_arg
+from bezant_trio.http.sse import SseStreams
 from bezant_trio.model import parse_ts
 from bezant_trio.store.hub import Hub, HubRead, TooManyConids, marketdata_topic
 
@@ -33,8 +34,6 @@ DEFAULT_LIMIT = 100
 MAX_WAIT = 30.0
 HISTORY_DEFAULT_LIMIT = 500
 HISTORY_MAX_LIMIT = 5000
-#: Topic names: a family, optionally ``:`` and a key (``marketdata:265598``).
-TOPIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}(:[A-Za-z0-9_.\-]{1,64})?$")
 
 
 @dataclass
@@ -51,7 +50,9 @@ class HttpContext:
     metrics: Callable[[], Awaitable[bytes] | bytes] | None = None
     #: Whether ``/events/{topic}/history`` can be served (the log is on).
     history_enabled: Callable[[], bool] = lambda: False
-    #: Extra routes registrars (SSE stream) get the app and this context.
+    #: ``GET /events/{topic}/stream`` (Server-Sent Events) and its settings.
+    streams: SseStreams = field(default_factory=SseStreams)
+    #: Extra registrars (request metrics, ...) get the app and this context.
     extensions: list[Callable[[QuartTrio, HttpContext], None]] = field(default_factory=list)
 
 
@@ -129,7 +130,7 @@ def create_app(ctx: HttpContext) -> QuartTrio:
     @app.get("/events/marketdata")
     async def events_marketdata() -> Response:
         hub = _require_hub(ctx)
-        conid = _int_arg("conid", None, minimum=1)
+        conid = int_arg("conid", None, minimum=1)
         if conid is None:
             raise ApiError(
                 400, "invalid_query", "conid is required: /events/marketdata?conid=265598"
@@ -143,9 +144,9 @@ def create_app(ctx: HttpContext) -> QuartTrio:
     @app.get("/events/<topic>")
     async def events_topic(topic: str) -> Response:
         hub = _require_hub(ctx)
-        _check_topic(topic)
+        check_topic(topic)
         if topic.startswith("marketdata:"):
-            conid = _conid_of(topic)
+            conid = conid_of(topic)
             if conid is not None:
                 try:
                     hub.want_conid(conid)
@@ -156,7 +157,7 @@ def create_app(ctx: HttpContext) -> QuartTrio:
     @app.get("/events/<topic>/history")
     async def events_history(topic: str) -> Response:
         hub = _require_hub(ctx)
-        _check_topic(topic)
+        check_topic(topic)
         if not ctx.history_enabled() or hub.event_log is None:
             raise ApiError(
                 503,
@@ -164,11 +165,11 @@ def create_app(ctx: HttpContext) -> QuartTrio:
                 "history needs the durable log: set store.path (or BEZANT_EVENTS_DB_PATH)",
             )
         limit = min(
-            _int_arg("limit", HISTORY_DEFAULT_LIMIT, minimum=1) or HISTORY_DEFAULT_LIMIT,
+            int_arg("limit", HISTORY_DEFAULT_LIMIT, minimum=1) or HISTORY_DEFAULT_LIMIT,
             HISTORY_MAX_LIMIT,
         )
         since_ts_raw = request.args.get("since_ts")
-        since_cursor = _int_arg("since_cursor", None, minimum=0)
+        since_cursor = int_arg("since_cursor", None, minimum=0)
         if since_ts_raw is not None and since_cursor is not None:
             raise ApiError(400, "invalid_query", "give since_ts or since_cursor, not both")
         since_ts: float | None = None
@@ -201,17 +202,19 @@ def create_app(ctx: HttpContext) -> QuartTrio:
         )
         return json_response(body)
 
+    ctx.streams.install(app, ctx)
     for extend in ctx.extensions:
         extend(app, ctx)
     return app
 
 
 async def _poll(hub: Hub, topic: str) -> Response:
-    since = _int_arg("since", 0, minimum=0)
+    since = int_arg("since", 0, minimum=0)
     limit = _limit_arg()
     wait = _wait_arg()
     answer = await hub.read(topic, since, limit)
-    if not answer.events and not answer.expired and wait > 0:
+    if wait > 0 and not answer.expired and len(answer.events) < limit:
+        # Also with a few events ready: the hub paces hot topics into batches.
         await hub.wait(topic, since, wait, limit=limit)
         answer = await hub.read(topic, since, limit)
     return _answer(hub, topic, since, answer)
@@ -247,31 +250,6 @@ def _require_hub(ctx: HttpContext) -> Hub:
     if ctx.hub is None:
         raise ApiError(503, "events_disabled", "event capture is not running in this process")
     return ctx.hub
-
-
-def _check_topic(topic: str) -> None:
-    if not TOPIC_RE.match(topic):
-        raise ApiError(
-            400,
-            "invalid_topic",
-            "topic must look like 'orders' or 'marketdata:265598' (lowercase family, optional ':key')",
-        )
-
-
-def _conid_of(topic: str) -> int | None:
-    key = topic.partition(":")[2]
-    return int(key) if key.isascii() and key.isdigit() and 0 < int(key) < 2**63 else None
-
-
-def _int_arg(name: str, default: int | None, *, minimum: int) -> int | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < minimum:
-        raise ApiError(
-            400, "invalid_query", f"{name} must be an integer >= {minimum}, got {raw[:40]!r}"
-        )
-    return int(raw)
 
 
 def _limit_arg() -> int:

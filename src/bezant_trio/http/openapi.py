@@ -296,6 +296,54 @@ def openapi_spec() -> dict[str, Any]:
                     },
                 }
             },
+            "/events/{topic}/stream": {
+                "get": {
+                    "summary": "A topic's events as Server-Sent Events, live, resumable.",
+                    "description": (
+                        "Each event is one message: `id:` its cursor, `event:` its topic, "
+                        "`data:` the event JSON (as in EventPage.events). Starts after "
+                        "`Last-Event-ID` (sent by a reconnecting EventSource) or `since`. "
+                        "A cursor the daemon no longer keeps gets one `event: gap` message "
+                        '(`cursor: null`, payload `reason: "cursor_expired"`, `skipped_from`, '
+                        "`resumed_at`) whose `id:` is where the stream resumes. Idle streams "
+                        "get `: heartbeat` comments every 15 s. A client too slow to take "
+                        "the events gets a final `: slow client` comment and is disconnected, "
+                        "and every stream ends with `: shutting down` when the daemon stops: "
+                        "reconnect with Last-Event-ID."
+                    ),
+                    "parameters": [
+                        _TOPIC,
+                        _SINCE,
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "description": "Resume after this cursor; wins over `since`.",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 0,
+                                "maximum": 999999999999999999,
+                            },
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "An endless text/event-stream.",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        "400": _error(
+                            "A query parameter or Last-Event-ID is invalid.",
+                            "invalid_query",
+                            "invalid_topic",
+                        ),
+                        "401": _UNAUTHORIZED,
+                        "429": _error(
+                            "More conids wanted than events.marketdata.max_conids.",
+                            "too_many_conids",
+                        ),
+                        "503": _DISABLED,
+                    },
+                }
+            },
             "/health": {
                 "get": {
                     "summary": "Liveness and readiness; never needs the token.",

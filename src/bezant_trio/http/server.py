@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
 from hypercorn.trio import serve
 
-__all__ = ["BindError", "InFlight", "hypercorn_config", "serve_http"]
+__all__ = ["STALL_TIMEOUT", "BindError", "InFlight", "hypercorn_config", "serve_http"]
 
 
 class BindError(Exception):
@@ -50,9 +52,43 @@ class InFlight:
             await self._idle.wait()
 
 
-def hypercorn_config(bind: str, *, graceful_timeout: float = 10.0) -> HypercornConfig:
-    """Hypercorn settings: bounded headers, timeouts against slowloris, no access log."""
-    config = HypercornConfig()
+class _Config(HypercornConfig):
+    """Hypercorn's config, plus a kernel bound on how long a write may stall.
+
+    Hypercorn shields every socket write from cancellation, so a client that
+    stops reading (its receive window stays at zero) would hold its task,
+    and the daemon's shutdown, forever. ``TCP_USER_TIMEOUT`` makes the kernel
+    drop a connection whose sent data stays unacknowledged, or unsent for a
+    zero window, for ``stall_timeout`` seconds; the write then fails, the
+    server sees the connection closed and the request (an SSE stream) ends.
+    Accepted sockets inherit the option from the listening socket.
+    """
+
+    stall_timeout: float | None = None
+
+    def create_sockets(self) -> Sockets:
+        sockets = super().create_sockets()
+        if self.stall_timeout is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+            for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    sock.setsockopt(
+                        socket.IPPROTO_TCP,
+                        socket.TCP_USER_TIMEOUT,
+                        max(1, int(self.stall_timeout * 1000)),
+                    )
+        return sockets
+
+
+#: Seconds a client may leave written data unread before its connection is dropped.
+STALL_TIMEOUT = 20.0
+
+
+def hypercorn_config(
+    bind: str, *, graceful_timeout: float = 10.0, stall_timeout: float | None = STALL_TIMEOUT
+) -> HypercornConfig:
+    """Hypercorn settings: bounded headers, timeouts against slowloris and stalled readers."""
+    config = _Config()
+    config.stall_timeout = stall_timeout
     config.bind = [bind]
     config.graceful_timeout = graceful_timeout
     config.accesslog = None
@@ -72,13 +108,15 @@ async def serve_http(
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
     graceful_timeout: float = 10.0,
+    stall_timeout: float | None = STALL_TIMEOUT,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``bind`` until ``shutdown_trigger`` returns.
 
     Reports the bound URLs (``["http://127.0.0.1:8080"]``) through ``task_status``.
+    A client that reads nothing of a response for ``stall_timeout`` seconds is dropped.
     """
-    config = hypercorn_config(bind, graceful_timeout=graceful_timeout)
+    config = hypercorn_config(bind, graceful_timeout=graceful_timeout, stall_timeout=stall_timeout)
     try:
         config.create_sockets().insecure_sockets[0].close()
     except OSError as exc:

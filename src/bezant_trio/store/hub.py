@@ -252,6 +252,11 @@ class Hub:
         return event
 
     @property
+    def pending(self) -> int:
+        """Events waiting for the log writer (not yet visible)."""
+        return len(self._pending)
+
+    @property
     def backpressure(self) -> bool:
         """Whether publishers should ``await wait_writable()`` before going on."""
         return len(self._pending) > MAX_PENDING

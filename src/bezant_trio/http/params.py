@@ -1,0 +1,51 @@
+"""Request parameters shared by the routes: topic names, integers, conids.
+
+Every check raises :class:`ApiError` with a message naming the parameter, so
+bad input answers 400 with the error envelope, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import re
+
+from quart import request
+
+from bezant_trio.http.errors import ApiError
+
+__all__ = ["TOPIC_RE", "check_topic", "conid_of", "int_arg", "parse_int"]
+
+#: Topic names: a family, optionally ``:`` and a key (``marketdata:265598``).
+TOPIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}(:[A-Za-z0-9_.\-]{1,64})?$")
+
+
+def check_topic(topic: str) -> None:
+    """400 ``invalid_topic`` unless ``topic`` is a well-formed topic name."""
+    if not TOPIC_RE.match(topic):
+        raise ApiError(
+            400,
+            "invalid_topic",
+            "topic must look like 'orders' or 'marketdata:265598' (lowercase family, optional ':key')",
+        )
+
+
+def conid_of(topic: str) -> int | None:
+    """The conid of a ``marketdata:<conid>`` topic, else None."""
+    key = topic.partition(":")[2]
+    return int(key) if key.isascii() and key.isdigit() and 0 < int(key) < 2**63 else None
+
+
+def parse_int(name: str, raw: str, *, minimum: int) -> int:
+    """``raw`` as an integer >= ``minimum`` (at most 18 digits); 400 naming ``name`` if not."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < minimum:
+        raise ApiError(
+            400, "invalid_query", f"{name} must be an integer >= {minimum}, got {raw[:40]!r}"
+        )
+    return int(raw)
+
+
+def int_arg(name: str, default: int | None, *, minimum: int) -> int | None:
+    """The query parameter ``name`` as an integer, or ``default`` when absent."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    return parse_int(name, raw, minimum=minimum)

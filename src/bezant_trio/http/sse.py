@@ -1,0 +1,208 @@
+"""``GET /events/{topic}/stream``: a topic's events as Server-Sent Events.
+
+Each event is one SSE message: ``id:`` its cursor, ``event:`` its topic,
+``data:`` its wire JSON (the pre-encoded ``event.json`` bytes). A stream
+starts after ``Last-Event-ID`` (what a reconnecting ``EventSource`` sends) or
+``since`` (default 0, as for the REST poll), and reads the hub exactly like a
+long-poll: from the ring, else from the log. So a client that reconnects with
+its last id loses nothing, whatever happened in between.
+
+- A cursor older than what the daemon keeps gets one ``event: gap`` message
+  (payload reason ``cursor_expired``, with ``skipped_from`` and
+  ``resumed_at``) whose ``id:`` is the head, and the stream goes on from there.
+- ``: heartbeat`` comments every ``heartbeat`` seconds keep proxies from
+  closing an idle stream.
+- Memory per client is bounded: the stream reads the next batch from the hub
+  only once the previous one was handed to the socket, so at most one batch
+  (``batch`` events) waits in the process; the hub's ring and log are the
+  buffer. A client so slow that one batch takes longer than
+  ``slow_client_timeout`` to be accepted while more events wait for it gets
+  a final ``: slow client`` comment and is disconnected; it resumes with
+  ``Last-Event-ID``. A client that accepts nothing at all is dropped by the
+  kernel (``TCP_USER_TIMEOUT``, see ``http.server``).
+- At shutdown (``hub.closing``) every stream ends promptly with a
+  ``: shutting down`` comment.
+
+Reads the hub only; never imports the connector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import orjson
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from bezant_trio.http.errors import ApiError
+from bezant_trio.http.params import check_topic, conid_of, int_arg, parse_int
+from bezant_trio.model import Event, GapReason, format_ts
+from bezant_trio.store.hub import Hub, TooManyConids
+
+if TYPE_CHECKING:
+    from bezant_trio.http.app import HttpContext
+
+__all__ = ["SseSettings", "SseStreams"]
+
+
+@dataclass(frozen=True)
+class SseSettings:
+    """Timing and bounds of the SSE streams."""
+
+    #: Seconds between ``: heartbeat`` comments on an idle stream.
+    heartbeat: float = 15.0
+    #: Most events read from the hub and written as one chunk.
+    batch: int = 500
+    #: A chunk the client takes longer than this to accept, with more events
+    #: waiting, ends the stream with a final comment.
+    slow_client_timeout: float = 10.0
+    #: The ``retry:`` (milliseconds) an ``EventSource`` waits before reconnecting.
+    retry_ms: int = 1000
+
+
+class SseStreams:
+    """The stream route and its live client count (for ``/metrics``)."""
+
+    def __init__(self, settings: SseSettings | None = None) -> None:
+        self.settings = settings or SseSettings()
+        #: Streams open right now.
+        self.clients = 0
+        #: Streams ended because the client was too slow (since start).
+        self.slow_disconnects = 0
+
+    def install(self, app: QuartTrio, ctx: HttpContext) -> None:
+        """Register ``GET /events/<topic>/stream`` on ``app``."""
+
+        @app.get("/events/<topic>/stream")
+        async def events_stream(topic: str) -> Response:
+            hub = ctx.hub
+            if hub is None:
+                raise ApiError(
+                    503, "events_disabled", "event capture is not running in this process"
+                )
+            check_topic(topic)
+            last_event_id = request.headers.get("last-event-id")
+            if last_event_id is not None and last_event_id.strip():
+                since = parse_int("Last-Event-ID", last_event_id.strip(), minimum=0)
+            else:
+                since = int_arg("since", 0, minimum=0) or 0
+            conid = conid_of(topic)
+            if conid is not None:
+                try:
+                    hub.want_conid(conid)
+                except TooManyConids as exc:
+                    raise ApiError(429, "too_many_conids", str(exc)) from None
+            response = Response(
+                self._frames(hub, topic, since, conid),
+                status=200,
+                content_type="text/event-stream; charset=utf-8",
+                headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+            )
+            # Quart's default RESPONSE_TIMEOUT (60 s) would cut every stream.
+            response.timeout = None
+            return response
+
+    async def _frames(
+        self, hub: Hub, topic: str, cursor: int, conid: int | None
+    ) -> AsyncIterator[bytes]:
+        # No cancel scope or nursery spans a `yield` here: Quart drives this
+        # generator from its own task, and Trio scopes must not cross a yield.
+        settings = self.settings
+        self.clients += 1
+        try:
+            yield (
+                f"retry: {settings.retry_ms}\n: {topic} events after cursor {cursor}\n\n".encode()
+            )
+            while True:
+                if conid is not None:
+                    _keep_wanted(hub, conid)
+                answer = await hub.read(topic, cursor, settings.batch)
+                if answer.expired:
+                    resume = _resume_cursor(cursor, answer.head_cursor)
+                    chunk = _gap_message(hub, topic, cursor, resume)
+                    cursor = resume
+                elif answer.events:
+                    chunk = b"".join(map(_event_message, answer.events))
+                    cursor = answer.next_cursor
+                elif hub.closing:
+                    yield b": shutting down; reconnect with Last-Event-ID\n\n"
+                    return
+                elif await hub.wait(topic, cursor, settings.heartbeat, limit=settings.batch):
+                    continue
+                elif hub.closing:
+                    continue  # woken by shutdown: read what is left, then end
+                else:
+                    chunk = b": heartbeat\n\n"
+                handed_at = trio.current_time()
+                yield chunk
+                took = trio.current_time() - handed_at
+                if took > settings.slow_client_timeout and hub.head(topic) > cursor:
+                    self.slow_disconnects += 1
+                    yield (
+                        f": slow client: a chunk took {took:.0f} s to send and "
+                        f"{hub.head(topic) - cursor} events are waiting; "
+                        "reconnect with Last-Event-ID\n\n"
+                    ).encode()
+                    return
+        finally:
+            self.clients -= 1
+
+
+def _resume_cursor(since: int, head: int) -> int:
+    # A cursor beyond the head comes from another cursor space (a restart
+    # without the durable log): everything the topic holds now is new to the
+    # client. Otherwise the events up to the head are gone: go on from there.
+    return head if head >= since else 0
+
+
+def _keep_wanted(hub: Hub, conid: int) -> None:
+    # A stream is a poll that never ends: keep its conid from going idle.
+    try:
+        hub.want_conid(conid)
+    except TooManyConids:
+        pass  # it was wanted when the stream began; the events keep coming if it still is
+
+
+def _event_message(event: Event) -> bytes:
+    return b"".join(
+        (
+            b"id: ",
+            str(event.cursor).encode(),
+            b"\nevent: ",
+            event.topic.encode(),
+            b"\n",
+            _data_lines(event.json),
+            b"\n",
+        )
+    )
+
+
+def _data_lines(data: bytes) -> bytes:
+    # Gateway frames are stored as received; one that holds a newline must be
+    # split over several data: lines, which the client joins back with "\n".
+    if b"\n" not in data and b"\r" not in data:
+        return b"data: " + data + b"\n"
+    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    return b"".join(b"data: " + line + b"\n" for line in lines)
+
+
+def _gap_message(hub: Hub, topic: str, since: int, head: int) -> bytes:
+    """The ``event: gap`` notice for a cursor the daemon no longer keeps."""
+    body = orjson.dumps(
+        {
+            "cursor": None,
+            "topic": topic,
+            "received_at": format_ts(),
+            "reset_epoch": hub.reset_epoch,
+            "payload": {
+                "reason": str(GapReason.CURSOR_EXPIRED),
+                "skipped_from": since,
+                "resumed_at": head,
+                "new_reset_epoch": hub.reset_epoch,
+            },
+        }
+    )
+    return b"id: %d\nevent: gap\ndata: %s\n\n" % (head, body)
