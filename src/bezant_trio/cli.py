@@ -135,9 +135,13 @@ def _load(path: str | None) -> Config:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    from bezant_trio.sinks.manager import SinkConfigError, validate_sink_configs
+
     try:
         config = _load(args.config)
-    except ConfigError as exc:
+        # Sink entries are checked by their plugins, as `run` checks them.
+        validate_sink_configs(config.sinks)
+    except (ConfigError, SinkConfigError) as exc:
         return _config_error(exc)
     sys.stdout.write(
         orjson.dumps(config.to_dict(mask_secrets=True), option=orjson.OPT_INDENT_2).decode() + "\n"

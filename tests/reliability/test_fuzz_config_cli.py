@@ -14,7 +14,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from procs import run_cli
@@ -149,11 +148,6 @@ def test_every_hostile_document_gives_one_line_or_a_config(tmp_path: Path) -> No
             assert len(done.stderr.strip().splitlines()) == 1, (text, done.stderr)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: check-config does not validate sink entries (type, options), so it accepts "
-    "configs that `run` rejects with exit 2 (README: bugs)",
-)
 def test_check_config_rejects_the_sink_entries_run_rejects(tmp_path: Path) -> None:
     for sinks in (
         [{"name": "a", "type": "no-such-type"}],

@@ -623,6 +623,19 @@ class _SinkRunner:
 # ------------------------------------------------------------------ manager
 
 
+def validate_sink_configs(
+    sink_configs: Sequence[Mapping[str, Any]], *, pm: pluggy.PluginManager | None = None
+) -> None:
+    """Check ``sinks:`` exactly as start-up does (types, options, names); raises SinkConfigError.
+
+    Builds each sink (constructors do no I/O) and drops it: ``check-config`` uses
+    this so it accepts exactly what ``run`` accepts.
+    """
+    types = sink_types(pm if pm is not None else plugin_manager())
+    for spec in _parse_specs(sink_configs, types):
+        _instantiate(spec, types)
+
+
 class SinkManager:
     """Every configured sink instance and its delivery task.
 
