@@ -14,7 +14,7 @@ PIP_ARGS ?=
 help:
 	@echo "make pyz     build $(PYZ): one file, runs as 'python3 $(PYZ) run --config ...'"
 	@echo "make clean-pyz"
-	@echo "make bench   benchmarks vs raw baselines -> bench/RESULTS.md (~25 min; bench-quick < 60 s)"
+	@echo "make bench   benchmarks vs raw baselines -> bench/RESULTS.md (~30 min; bench-quick < 60 s)"
 
 # shiv bundles the package and its dependencies into one zipapp. At the first
 # start it unpacks them (compiled extensions cannot be imported from a zip) into

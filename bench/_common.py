@@ -42,7 +42,15 @@ def clean_env() -> dict[str, str]:
 class Child:
     """A child process whose stdout/stderr go to a file (a pipe nobody reads would block it)."""
 
-    def __init__(self, name: str, argv: Sequence[str], workdir: Path, *, cwd: Path | None = None):
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        workdir: Path,
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.name = name
         self.log_path = workdir / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -52,7 +60,7 @@ class Child:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=clean_env(),
+            env=clean_env() | (env or {}),
         )
 
     @property
@@ -70,7 +78,9 @@ class Child:
                 if match:
                     return match
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.text()[-3000:]}")
+                    raise RuntimeError(
+                        f"{self.name} exited ({self.proc.returncode}):\n{self.text()[-3000:]}"
+                    )
                 await trio.sleep(0.02)
 
     def rss_kib(self) -> int:
@@ -81,7 +91,7 @@ class Child:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             with trio.move_on_after(timeout):
-                while self.proc.poll() is None:
+                while self.proc.poll() is None:  # noqa: ASYNC110 - a child's exit sets no trio.Event
                     await trio.sleep(0.02)
             if self.proc.poll() is None:
                 self.proc.kill()
@@ -136,15 +146,26 @@ def daemon_config(
             "synchronous": "normal",
         },
         "sinks": sinks or [],
+        # A stalled sink must not hold every benchmark's teardown for the default 10 s.
+        "shutdown_grace": 1,
     }
 
 
-async def start_daemon(workdir: Path, config: dict[str, Any], tag: str = "daemon") -> tuple[Child, str]:
+#: ``--src DIR``: run the daemon from another source tree (A/B of a proposed change).
+DAEMON_SRC: str | None = None
+
+
+async def start_daemon(
+    workdir: Path, config: dict[str, Any], tag: str = "daemon"
+) -> tuple[Child, str]:
     """``python -m bezant_trio run --config <tmp yaml>``; returns (child, base URL)."""
     path = workdir / f"{tag}.yaml"
     path.write_text(yaml.safe_dump(config))
     # INFO (the default) is needed for the "serving on" line; nothing logs per frame or request.
-    child = Child(tag, [PYTHON, "-m", "bezant_trio", "run", "--config", str(path)], workdir)
+    env = {"PYTHONPATH": DAEMON_SRC} if DAEMON_SRC else None
+    child = Child(
+        tag, [PYTHON, "-m", "bezant_trio", "run", "--config", str(path)], workdir, env=env
+    )
     match = await child.wait_for(_SERVING)
     return child, match.group(1)
 
@@ -191,7 +212,9 @@ class Http:
             await self._stream.aclose()
             self._stream = None
 
-    async def send_request(self, method: str, path: str, body: Any = None) -> None:
+    async def send_request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
         stream = await self._connect()
         data = b"" if body is None else (body if isinstance(body, bytes) else orjson.dumps(body))
         head = (
@@ -200,6 +223,8 @@ class Http:
         )
         if data:
             head += "content-type: application/json\r\n"
+        for name, value in (headers or {}).items():
+            head += f"{name}: {value}\r\n"
         await stream.send_all(head.encode() + b"\r\n" + data)
 
     async def _fill(self) -> None:
@@ -302,7 +327,7 @@ def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    rank = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+    rank = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
     return ordered[rank]
 
 

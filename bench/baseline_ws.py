@@ -5,34 +5,107 @@ No hub, no ring, no log, no HTTP: the ceiling of the daemon's own stack
 simulator for a session, connects with the session cookie, waits for the
 ready frame, subscribes the given conids and prints ``READY``. It then counts
 ``smd+`` frames until ``--count`` have arrived and prints one JSON line:
-``{"frames", "t_first_ns", "t_last_ns", "rss_before_kib", "rss_after_kib"}``.
+``{"frames", "t_first_ns", "t_last_ns", "rss_before_kib", "rss_after_kib",
+"cpu_seconds", "latencies_ms"}`` (latencies with ``--latency``: receipt time
+minus the sender's ``t_ns`` stamp, per stamped frame).
 
-With ``--keep`` every frame's text is kept in a list (the memory baseline:
+With ``--raw`` it skips trio-websocket: wsproto straight on a trio stream,
+every frame of one socket read parsed before the next read (the headroom
+figure). With ``--keep`` every frame's text is kept in a list (the memory baseline:
 what 100,000 frames cost when nothing but the frames is stored).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 import urllib.parse
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import trio
 import trio_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, RejectConnection, Request, TextMessage
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import request_once, rss_kib  # noqa: E402
+from _common import request_once, rss_kib
 
 
-async def run(base: str, conids: list[int], count: int, keep: bool) -> None:
+class RawWs:
+    """wsproto straight on a trio stream: every frame of one socket read is parsed in one go.
+
+    The headroom figure: what trio-websocket's reader task and per-message
+    memory channel cost on top of wsproto itself.
+    """
+
+    def __init__(self, stream: trio.SocketStream, ws: WSConnection) -> None:
+        self.stream = stream
+        self.ws = ws
+        self.ready: list[str] = []
+        self.parts: list[str] = []
+
+    @classmethod
+    async def connect(cls, base: str, cookie: str) -> RawWs:
+        host_port = base.split("://", 1)[1]
+        host, _, port = host_port.rpartition(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        ws = WSConnection(ConnectionType.CLIENT)
+        await stream.send_all(
+            ws.send(
+                Request(host=host_port, target="/v1/api/ws", extra_headers=[("cookie", cookie)])
+            )
+        )
+        raw = cls(stream, ws)
+        while True:
+            ws.receive_data(await stream.receive_some(65536))
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    return raw
+                if isinstance(event, RejectConnection):
+                    raise RuntimeError("websocket rejected")
+
+    async def get_message(self) -> str:
+        while not self.ready:
+            self.ws.receive_data(await self.stream.receive_some(262144))
+            for event in self.ws.events():
+                if isinstance(event, TextMessage):
+                    self.parts.append(event.data)
+                    if event.message_finished:
+                        self.ready.append("".join(self.parts))
+                        self.parts.clear()
+            self.ready.reverse()
+        return self.ready.pop()
+
+    async def send_message(self, text: str) -> None:
+        await self.stream.send_all(self.ws.send(TextMessage(data=text)))
+
+
+@contextlib.asynccontextmanager
+async def open_ws(base: str, cookie: str, raw: bool) -> AsyncIterator[Any]:
+    if raw:
+        conn = await RawWs.connect(base, cookie)
+        try:
+            yield conn
+        finally:
+            await conn.stream.aclose()
+        return
+    ws_url = base.replace("http://", "ws://") + "/v1/api/ws"
+    async with trio_websocket.open_websocket_url(ws_url, extra_headers=[("cookie", cookie)]) as ws:
+        yield ws
+
+
+async def run(
+    base: str, conids: list[int], count: int, keep: bool, latency: bool, raw: bool
+) -> None:
     tickle = await request_once(base, "POST", "/v1/api/tickle")
     session = tickle.json()["session"]
     cookie = "api=" + urllib.parse.quote(orjson.dumps({"session": session}), safe="")
-    ws_url = base.replace("http://", "ws://") + "/v1/api/ws"
-    async with trio_websocket.open_websocket_url(ws_url, extra_headers=[("cookie", cookie)]) as ws:
+    async with open_ws(base, cookie, raw) as ws:
         while True:
             frame = orjson.loads(await ws.get_message())
             if frame.get("topic") == "system" and "success" in frame:
@@ -42,9 +115,11 @@ async def run(base: str, conids: list[int], count: int, keep: bool) -> None:
             await ws.send_message(f"smd+{conid}+{fields}")
         kept: list[str] = []
         rss_before = rss_kib(os.getpid())
+        latencies: list[float] = []
         print("READY", flush=True)
         seen = 0
         t_first = 0
+        cpu_started = time.process_time()
         loads = orjson.loads
         while seen < count:
             message = await ws.get_message()
@@ -55,7 +130,10 @@ async def run(base: str, conids: list[int], count: int, keep: bool) -> None:
                 seen += 1
                 if keep:
                     kept.append(message)
+                if latency and "t_ns" in data:
+                    latencies.append((time.time_ns() - data["t_ns"]) / 1e6)
         t_last = time.time_ns()
+        cpu = time.process_time() - cpu_started
         rss_after = rss_kib(os.getpid())
         print(
             orjson.dumps(
@@ -66,6 +144,8 @@ async def run(base: str, conids: list[int], count: int, keep: bool) -> None:
                     "rss_before_kib": rss_before,
                     "rss_after_kib": rss_after,
                     "kept": len(kept),
+                    "cpu_seconds": cpu,
+                    "latencies_ms": latencies,
                 }
             ).decode(),
             flush=True,
@@ -78,8 +158,12 @@ def main() -> int:
     parser.add_argument("--conid", type=int, action="append", required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--latency", action="store_true", help="report receipt - t_ns per frame")
+    parser.add_argument(
+        "--raw", action="store_true", help="wsproto on a trio stream, no trio-websocket"
+    )
     args = parser.parse_args()
-    trio.run(run, args.gateway, args.conid, args.count, args.keep)
+    trio.run(run, args.gateway, args.conid, args.count, args.keep, args.latency, args.raw)
     return 0
 
 

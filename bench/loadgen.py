@@ -23,7 +23,7 @@ import orjson
 import trio
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import Http  # noqa: E402
+from _common import Http
 
 
 def _stamp_of(body: bytes) -> int | None:
@@ -74,10 +74,17 @@ async def fanout(base: str, path: str, n: int, timeout: float) -> None:
                 nursery.start_soon(one, client)
             await all_sent.wait()
             print("SENT", flush=True)
-    print(orjson.dumps({"latencies_ms": latencies, "errors": errors[:20], "error_count": len(errors)}).decode(), flush=True)
+    print(
+        orjson.dumps(
+            {"latencies_ms": latencies, "errors": errors[:20], "error_count": len(errors)}
+        ).decode(),
+        flush=True,
+    )
 
 
-async def poll(base: str, template: str, topics: list[str], lo: int, hi: int, conns: int, duration: float) -> None:
+async def poll(
+    base: str, template: str, topics: list[str], lo: int, hi: int, conns: int, duration: float
+) -> None:
     count = 0
     bad = 0
     deadline = trio.current_time() + duration
@@ -101,7 +108,12 @@ async def poll(base: str, template: str, topics: list[str], lo: int, hi: int, co
         for _ in range(conns):
             nursery.start_soon(worker)
     seconds = time.perf_counter() - started
-    print(orjson.dumps({"requests": count, "seconds": seconds, "rps": count / seconds, "non_200": bad}).decode(), flush=True)
+    print(
+        orjson.dumps(
+            {"requests": count, "seconds": seconds, "rps": count / seconds, "non_200": bad}
+        ).decode(),
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -124,7 +136,16 @@ def main() -> int:
     if args.mode == "fanout":
         trio.run(fanout, args.url, args.path, args.n, args.timeout)
     else:
-        trio.run(poll, args.url, args.template, args.topic or ["orders"], args.lo, args.hi, args.conns, args.duration)
+        trio.run(
+            poll,
+            args.url,
+            args.template,
+            args.topic or ["orders"],
+            args.lo,
+            args.hi,
+            args.conns,
+            args.duration,
+        )
     return 0
 
 

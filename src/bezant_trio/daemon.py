@@ -209,6 +209,9 @@ class Daemon:
         self.notifier.stopping()
         log.info("shutting down")
         self.sinks.run_shutdown_hooks(daemon=self)
+        if self.connector is not None:
+            # Drain first: frames already on their way are captured, not dropped.
+            await self.connector.stop(min(2.0, self.config.shutdown_grace))
         connector_scope.cancel()
         self._http_stop.set()
         with trio.move_on_after(self.config.shutdown_grace + 1):

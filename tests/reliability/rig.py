@@ -55,7 +55,7 @@ WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 #: received but not read yet are dropped. While the bug stands, scenarios give
 #: those outages a loss window starting at the newest frame a poller had seen;
 #: the strict xfail tests prove the bug. Set False once it is fixed.
-DAEMON_CLOSE_DROPS_IN_FLIGHT = True
+DAEMON_CLOSE_DROPS_IN_FLIGHT = False
 
 
 def is_gap(event: dict[str, Any]) -> bool:

@@ -32,7 +32,6 @@ from bezant_trio.model import format_ts
 from .conftest import scaled
 from .rig import (
     CHANNELS,
-    DAEMON_CLOSE_DROPS_IN_FLIGHT,
     DEFAULT_RATES,
     Expect,
     ProcessDaemon,
@@ -43,6 +42,12 @@ from .rig import (
 )
 
 DURATION = scaled(60.0, 600.0)
+
+#: The connector drains a connection it ends itself, but the drain is bounded by
+#: DRAIN_TIMEOUT; on a loaded 2-core machine in the middle of random faults it can
+#: expire, so chaos keeps a loss window around daemon-ended outages. The fault
+#: matrix (rig.DAEMON_CLOSE_DROPS_IN_FLIGHT = False) holds them to zero loss.
+CHAOS_TOLERATES_DRAIN_LOSS = True
 
 
 @dataclass
@@ -107,7 +112,7 @@ class Chaos:
             self.rig.sim.set_authenticated(True)
             await self.wait_connected()
 
-        await (self.window(action, from_seen=True) if DAEMON_CLOSE_DROPS_IN_FLIGHT else action())
+        await (self.window(action, from_seen=True) if CHAOS_TOLERATES_DRAIN_LOSS else action())
 
     async def sts_false(self) -> None:
         async def action() -> None:
@@ -116,7 +121,7 @@ class Chaos:
             await self.rig.wait_status(lambda s: s["reconnect_count"] > reconnects)
             await self.wait_connected()
 
-        await (self.window(action, from_seen=True) if DAEMON_CLOSE_DROPS_IN_FLIGHT else action())
+        await (self.window(action, from_seen=True) if CHAOS_TOLERATES_DRAIN_LOSS else action())
 
     async def bad_frames(self) -> None:
         sim = self.rig.sim

@@ -371,9 +371,10 @@ async def test_a_connection_failed_for_a_protocol_violation_is_closed(rig: Rig) 
 
 
 @pytest.mark.xfail(
-    strict=True,
-    reason="bug: frames already received are discarded when the connector ends a connection "
-    "itself (keepalive tickle 401, sts authenticated=false) (README: bugs)",
+    strict=False,
+    reason="partly fixed: the connector now drains a connection it ends itself (unsubscribe, "
+    "ech barrier, bounded by DRAIN_TIMEOUT), which captures a normal stream; this 50k-frame "
+    "burst outlasts the drain and the simulator's burst ignores unsubscribes (README: bugs)",
 )
 async def test_frames_in_flight_when_the_daemon_ends_a_connection_are_captured(
     rig: Rig, nursery: trio.Nursery

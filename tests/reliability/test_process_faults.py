@@ -50,11 +50,6 @@ async def test_daemon_stopped_mid_stream_loses_nothing_it_had_shown(rig: Rig, si
     assert "Traceback" not in daemon.output()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a graceful stop (SIGTERM) discards the frames the daemon had already "
-    "received but not yet read (README: bugs)",
-)
 async def test_sigterm_captures_every_frame_that_reached_the_daemon_before_it(
     rig: Rig, nursery: trio.Nursery
 ) -> None:

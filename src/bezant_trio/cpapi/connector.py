@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: ``ech+hb`` goes out this often; the gateway wants one at least every 60 s.
 KEEPALIVE_INTERVAL = 30.0
+#: Most seconds a working connection the daemon ends itself is drained first.
+DRAIN_TIMEOUT = 2.0
 
 
 class ConnectorSettings:
@@ -128,6 +130,11 @@ class Connector:
         self._disconnected_at: str | None = None
         self._end_reason: str | None = None
         self._conn_scope: trio.CancelScope | None = None
+        self._conn_nursery: trio.Nursery | None = None
+        self._ws: trio_websocket.WebSocketConnection | None = None
+        self._barrier: trio.Event | None = None
+        self._conn_ended = trio.Event()
+        self._stopping = False
         self._ready = False
 
     # ---------------------------------------------------------------- status
@@ -181,6 +188,9 @@ class Connector:
                     self._record_error(str(exc))
                 if self.connected:
                     self._mark_disconnected()
+                if self._stopping:
+                    self.state = "stopped"
+                    return
                 lived = trio.current_time() - started
                 # A connection that reached ready and stayed up is not flapping.
                 attempt = 1 if healthy and lived >= self.settings.backoff_max else attempt + 1
@@ -212,12 +222,48 @@ class Connector:
             self._end_reason = reason
             self._conn_scope.cancel()
 
+    def drain_connection(self, reason: str) -> None:
+        """End a connection that still works without dropping what is in flight.
+
+        Cancelling the scope at once would discard the frames already received
+        but not yet read (trio-websocket drops its queue on a local close).
+        Instead: unsubscribe everything, send an ``ech+hb`` barrier, keep
+        reading until its echo comes back (the gateway answers in order, so
+        nothing subscribed can follow it), bounded by ``DRAIN_TIMEOUT``; then end.
+        """
+        if self._conn_nursery is None or self._ws is None or self._barrier is not None:
+            return
+        self._barrier = trio.Event()
+        self._conn_nursery.start_soon(self._drain, self._ws, reason)
+
+    async def _drain(self, ws: trio_websocket.WebSocketConnection, reason: str) -> None:
+        assert self._barrier is not None
+        with trio.move_on_after(DRAIN_TIMEOUT):
+            for channel in self.settings.channels:
+                await self._send(ws, CHANNEL_COMMANDS[channel][1])
+            for conid in sorted(self.subscribed_conids):
+                await self._send(ws, md_unsubscribe(conid))
+            await self._send(ws, "ech+hb")
+            await self._barrier.wait()
+        self.end_connection(reason)
+
+    async def stop(self, timeout: float = DRAIN_TIMEOUT) -> None:
+        """Drain the current connection and do not reconnect (graceful shutdown)."""
+        self._stopping = True
+        if self._conn_scope is None:
+            return
+        self.drain_connection("daemon stopping")
+        with trio.move_on_after(timeout + 1):
+            await self._conn_ended.wait()
+
     async def _connect_once(self, session: GatewaySession) -> bool:
         """One connection, from tickle to its end. Returns whether it got ready."""
         session_id = await session.tickle()
         settings = self.settings
         self._end_reason = None
         self._ready = False
+        self._barrier = None
+        self._conn_ended = trio.Event()
         try:
             async with trio_websocket.open_websocket_url(
                 session.ws_url,
@@ -232,6 +278,8 @@ class Connector:
                 with trio.CancelScope() as scope:
                     self._conn_scope = scope
                     async with trio.open_nursery() as nursery:
+                        self._conn_nursery = nursery
+                        self._ws = ws
                         nursery.start_soon(self._read_loop, ws, session_id)
                         nursery.start_soon(self._watchdog)
                         await self._wait_ready()
@@ -249,7 +297,10 @@ class Connector:
             raise _ConnectionEnded(self._end_reason or "socket close timed out") from None
         finally:
             self._conn_scope = None
+            self._conn_nursery = None
+            self._ws = None
             self.subscribed_conids.clear()
+            self._conn_ended.set()
         return self._ready
 
     async def _on_open(self) -> None:
@@ -298,11 +349,14 @@ class Connector:
                 if self._subscribed_early:
                     # Our subscriptions went out before ready and were dropped.
                     await self._subscribe_all(ws)
+            elif kind is FrameKind.HEARTBEAT:
+                barrier = self._barrier
+                if barrier is not None and frame.data and frame.data.get("topic") == "ech":
+                    barrier.set()  # the drain's echo: nothing subscribed can follow
             elif kind is FrameKind.AUTH_LOST:
                 if frame.topic is not None:
                     publish(frame.topic, frame.payload_json)  # type: ignore[arg-type]
-                self.end_connection("sts: the gateway reports authenticated=false")
-                return
+                self.drain_connection("sts: the gateway reports authenticated=false")
             elif kind is FrameKind.WAITING_SESSION:
                 await self._send(ws, orjson.dumps({"session": session_id}).decode())
             elif kind is FrameKind.ERROR:
@@ -396,7 +450,7 @@ class Connector:
                 # heartbeat watchdog instead.
                 self.last_error = str(exc)
                 if "401" in str(exc) or "not authenticated" in str(exc):
-                    self.end_connection(f"keepalive failed: {exc}")
+                    self.drain_connection(f"keepalive failed: {exc}")
                     return
 
     async def _watchdog(self) -> None:
