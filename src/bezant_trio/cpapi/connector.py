@@ -233,8 +233,13 @@ class Connector:
         """
         if self._conn_nursery is None or self._ws is None or self._barrier is not None:
             return
+        if self._conn_scope is None or self._conn_scope.cancel_called:
+            return  # already ending: nothing left to drain
         self._barrier = trio.Event()
-        self._conn_nursery.start_soon(self._drain, self._ws, reason)
+        try:
+            self._conn_nursery.start_soon(self._drain, self._ws, reason)
+        except RuntimeError:  # the connection's tasks have all ended meanwhile
+            self.end_connection(reason)
 
     async def _drain(self, ws: trio_websocket.WebSocketConnection, reason: str) -> None:
         assert self._barrier is not None
