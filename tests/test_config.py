@@ -82,6 +82,7 @@ def test_defaults_match_the_design() -> None:
     assert (md.idle_unsubscribe, md.max_conids, md.resubscribe_interval) == (300, 100, 540)
     assert config.store.path is None
     assert config.store.synchronous == "normal"
+    assert config.gateway.websocket_client == "wsproto"
     assert config.store.prune_interval == 3600
     assert config.store.max_events_per_topic is None
     assert dict(config.store.retention_days) == {
@@ -422,6 +423,12 @@ BAD_CONFIGS: list[tuple[str, Any, str, str]] = [
     ("URL without host", {"gateway": {"url": "https:///v1/api"}}, "gateway.url", "with a host"),
     ("URL bad port", {"gateway": {"url": "https://gw:99999/"}}, "gateway.url", "URL"),
     ("URL not a string", {"gateway": {"url": None}}, "gateway.url", "got null"),
+    (
+        "unknown websocket client",
+        {"gateway": {"websocket_client": "websockets"}},
+        "gateway.websocket_client",
+        "expected 'wsproto' or 'trio-websocket', got 'websockets'",
+    ),
     (
         "bad synchronous",
         {"store": {"synchronous": "off"}},
@@ -767,6 +774,7 @@ _KNOWN_KEYS = [
     "resubscribe_interval",
     "path",
     "synchronous",
+    "websocket_client",
     "prune_interval",
     "max_events_per_topic",
     "retention_days",

@@ -12,6 +12,7 @@ import trio
 from bezant_trio.cpapi import connector as connector_module
 from bezant_trio.cpapi.connector import Connector, ConnectorSettings, backoff_delay
 from bezant_trio.cpapi.session import GatewayUnavailable
+from bezant_trio.cpapi.transport import CLIENTS
 from bezant_trio.http.app import HttpContext
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.store.hub import Hub
@@ -52,9 +53,10 @@ async def _start(
     return conn
 
 
-async def test_events_are_captured_under_their_topics(nursery, sim) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_events_are_captured_under_their_topics(nursery, sim, client) -> None:
     with trio.fail_after(15):
-        conn = await _start(nursery, sim)
+        conn = await _start(nursery, sim, websocket_client=client)
         hub = conn.hub
         hub.want_conid(265598)
         await sim.wait_subscribed("marketdata:265598", timeout=10)
@@ -75,10 +77,11 @@ async def test_events_are_captured_under_their_topics(nursery, sim) -> None:
     assert hub.head("act") >= 1 and hub.head("sts") >= 1
 
 
-async def test_no_loss_with_a_poller_reading_random_pages(nursery, sim, serve) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_no_loss_with_a_poller_reading_random_pages(nursery, sim, serve, client) -> None:
     """10,000 numbered events across topics; the HTTP poller sees each once, in order."""
     with trio.fail_after(60):
-        conn = await _start(nursery, sim)
+        conn = await _start(nursery, sim, websocket_client=client)
         hub = conn.hub
         hub.want_conid(8314)
         await sim.wait_subscribed("marketdata:8314", timeout=10)
@@ -121,6 +124,7 @@ async def test_no_loss_with_a_poller_reading_random_pages(nursery, sim, serve) -
 async def test_drops_and_stalls_bump_epoch_inject_gaps_and_restore_subscriptions(
     nursery, sim
 ) -> None:
+    # The default client only: the cheaper tests above and below run both.
     with trio.fail_after(120):
         conn = await _start(nursery, sim, heartbeat_timeout=1.0)
         hub = conn.hub
@@ -195,9 +199,10 @@ async def test_subscribes_sent_before_ready_are_resent_when_it_arrives(nursery) 
     simulator.stop()
 
 
-async def test_bad_frames_only_move_counters(nursery, sim) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_bad_frames_only_move_counters(nursery, sim, client) -> None:
     with trio.fail_after(15):
-        conn = await _start(nursery, sim)
+        conn = await _start(nursery, sim, websocket_client=client)
         await sim.send_malformed()
         await sim.send_binary(b"\x00\x01binary junk")
         await sim.send_invalid_utf8()
@@ -209,9 +214,10 @@ async def test_bad_frames_only_move_counters(nursery, sim) -> None:
     assert conn.connected and conn.reconnect_count == 0
 
 
-async def test_auth_lost_frame_reconnects(nursery, sim) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_auth_lost_frame_reconnects(nursery, sim, client) -> None:
     with trio.fail_after(15):
-        conn = await _start(nursery, sim)
+        conn = await _start(nursery, sim, websocket_client=client)
         await sim.send_auth_status(authenticated=False)
         await wait_until(lambda: conn.reconnect_count == 1 and conn.connected)
     assert conn.hub.reset_epoch == 2
@@ -244,16 +250,23 @@ async def test_idle_conids_are_unsubscribed_and_resubscribed_periodically(nurser
     assert conn.hub.wanted_conids() == []
 
 
-async def test_tls_self_signed_works_without_verification_and_fails_clearly_with(nursery) -> None:
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_tls_self_signed_works_without_verification_and_fails_clearly_with(
+    nursery, client
+) -> None:
     simulator = GatewaySimulator(tls=True)
     await nursery.start(simulator.run)
     with trio.fail_after(20):
         hub = Hub(capacity_of())
         await hub.open()
-        ok = Connector(hub, _settings(simulator, verify_tls=False), seed=1)
+        ok = Connector(hub, _settings(simulator, websocket_client=client, verify_tls=False), seed=1)
         await nursery.start(ok.run)
         await simulator.wait_subscribed("orders", timeout=10)
-        strict = Connector(Hub(capacity_of()), _settings(simulator, verify_tls=True), seed=1)
+        strict = Connector(
+            Hub(capacity_of()),
+            _settings(simulator, websocket_client=client, verify_tls=True),
+            seed=1,
+        )
         await nursery.start(strict.run)
         await wait_until(lambda: strict.last_error is not None)
     assert ok.connected

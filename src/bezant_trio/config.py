@@ -54,6 +54,7 @@ CHANNELS: Final = ("orders", "pnl", "trades")
 MASK: Final = "***"
 
 _SYNCHRONOUS_MODES: Final = ("normal", "full")
+_WEBSOCKET_CLIENTS: Final = ("wsproto", "trio-websocket")
 # Substrings (lower case) of sink option keys whose values are masked. The
 # brief names the first four; the rest catch the obvious spellings of the same
 # thing ("credentials" does not contain "creds").
@@ -112,6 +113,8 @@ class GatewayConfig:
     url: str = "https://localhost:5000/v1/api"
     verify_tls: bool = False
     tickle_interval: float = 60.0
+    #: "wsproto" (the fast default) or "trio-websocket" (the reference library).
+    websocket_client: str = "wsproto"
 
 
 @dataclass(frozen=True)
@@ -296,7 +299,7 @@ def config_from_mapping(
 # --------------------------------------------------------------------------- sections
 
 _TOP_KEYS: Final = ("gateway", "http", "events", "store", "shutdown_grace", "sinks")
-_GATEWAY_KEYS: Final = ("url", "verify_tls", "tickle_interval")
+_GATEWAY_KEYS: Final = ("url", "verify_tls", "tickle_interval", "websocket_client")
 _HTTP_KEYS: Final = ("bind", "token", "allow_unauthenticated")
 _EVENTS_KEYS: Final = (
     "capacity",
@@ -326,6 +329,9 @@ def _parse_gateway(raw: object) -> GatewayConfig:
         verify_tls=_get(section, "gateway", "verify_tls", d.verify_tls, _boolean),
         tickle_interval=_get(
             section, "gateway", "tickle_interval", d.tickle_interval, _positive_seconds
+        ),
+        websocket_client=_get(
+            section, "gateway", "websocket_client", d.websocket_client, _websocket_client
         ),
     )
 
@@ -632,6 +638,12 @@ def _synchronous(key: str, value: object) -> str:
     if isinstance(value, str) and value.lower() in _SYNCHRONOUS_MODES:
         return value.lower()
     raise ConfigError(key, f"expected 'normal' or 'full', got {_describe(value)}")
+
+
+def _websocket_client(key: str, value: object) -> str:
+    if isinstance(value, str) and value.lower() in _WEBSOCKET_CLIENTS:
+        return value.lower()
+    raise ConfigError(key, f"expected 'wsproto' or 'trio-websocket', got {_describe(value)}")
 
 
 def _channels(key: str, value: object) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ import trio
 
 from bezant_trio import logs
 from bezant_trio.config import Config, ConfigError, load_config
-from bezant_trio.cpapi.connector import Connector, ConnectorSettings
+from bezant_trio.cpapi.connector import DRAIN_MAX, Connector, ConnectorSettings
 from bezant_trio.http.app import HttpContext, create_app
 from bezant_trio.http.metrics import DaemonMetrics
 from bezant_trio.http.server import BindError, InFlight, serve_http
@@ -211,7 +211,7 @@ class Daemon:
         self.sinks.run_shutdown_hooks(daemon=self)
         if self.connector is not None:
             # Drain first: frames already on their way are captured, not dropped.
-            await self.connector.stop(min(2.0, self.config.shutdown_grace))
+            await self.connector.stop(min(DRAIN_MAX, self.config.shutdown_grace))
         connector_scope.cancel()
         self._http_stop.set()
         with trio.move_on_after(self.config.shutdown_grace + 1):

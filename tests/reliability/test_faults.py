@@ -342,11 +342,6 @@ async def test_disk_full_for_the_log_degrades_serves_from_memory_and_recovers(
 # ------------------------------------------------------------------ connection teardown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: after a WebSocket protocol error (close 1007) the connector reconnects but "
-    "never closes the old TCP connection; the gateway keeps writing to it (README: bugs)",
-)
 async def test_a_connection_failed_for_a_protocol_violation_is_closed(rig: Rig) -> None:
     # The leaked socket is closed only if the garbage collector happens to
     # collect it; keep the collector out so the outcome does not depend on it.
@@ -370,12 +365,6 @@ async def test_a_connection_failed_for_a_protocol_violation_is_closed(rig: Rig) 
         gc.enable()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="partly fixed: the connector now drains a connection it ends itself (unsubscribe, "
-    "ech barrier, bounded by DRAIN_TIMEOUT), which captures a normal stream; this 50k-frame "
-    "burst outlasts the drain and the simulator's burst ignores unsubscribes (README: bugs)",
-)
 async def test_frames_in_flight_when_the_daemon_ends_a_connection_are_captured(
     rig: Rig, nursery: trio.Nursery
 ) -> None:

@@ -20,16 +20,22 @@ from typing import Any
 
 import orjson
 import trio
-import trio_websocket
 
 from bezant_trio.cpapi.frames import (
     CHANNEL_COMMANDS,
+    Frame,
     FrameKind,
     classify,
     md_subscribe,
     md_unsubscribe,
 )
 from bezant_trio.cpapi.session import GatewayError, GatewaySession
+from bezant_trio.cpapi.transport import (
+    HandshakeFailed,
+    Transport,
+    TransportClosed,
+    open_transport,
+)
 from bezant_trio.model import GapReason, format_ts
 from bezant_trio.store.hub import Hub, marketdata_topic
 
@@ -39,8 +45,10 @@ log = logging.getLogger(__name__)
 
 #: ``ech+hb`` goes out this often; the gateway wants one at least every 60 s.
 KEEPALIVE_INTERVAL = 30.0
-#: Most seconds a working connection the daemon ends itself is drained first.
+#: A drain gives up after this many seconds without a frame from the gateway...
 DRAIN_TIMEOUT = 2.0
+#: ... or after this many seconds in all, even if frames keep coming.
+DRAIN_MAX = 10.0
 
 
 class ConnectorSettings:
@@ -62,6 +70,7 @@ class ConnectorSettings:
         idle_unsubscribe: float = 300.0,
         resubscribe_interval: float = 540.0,
         connect_timeout: float = 10.0,
+        websocket_client: str = "wsproto",
     ) -> None:
         self.url = url
         self.verify_tls = verify_tls
@@ -76,6 +85,7 @@ class ConnectorSettings:
         self.idle_unsubscribe = idle_unsubscribe
         self.resubscribe_interval = resubscribe_interval
         self.connect_timeout = connect_timeout
+        self.websocket_client = websocket_client
 
     @classmethod
     def from_config(cls, config: Any) -> ConnectorSettings:
@@ -85,6 +95,7 @@ class ConnectorSettings:
             url=config.gateway.url,
             verify_tls=config.gateway.verify_tls,
             tickle_interval=config.gateway.tickle_interval,
+            websocket_client=config.gateway.websocket_client,
             heartbeat_timeout=events.heartbeat_timeout,
             ready_timeout=events.ready_timeout,
             backoff_min=events.backoff.min,
@@ -131,7 +142,7 @@ class Connector:
         self._end_reason: str | None = None
         self._conn_scope: trio.CancelScope | None = None
         self._conn_nursery: trio.Nursery | None = None
-        self._ws: trio_websocket.WebSocketConnection | None = None
+        self._ws: Transport | None = None
         self._barrier: trio.Event | None = None
         self._conn_ended = trio.Event()
         self._stopping = False
@@ -182,8 +193,8 @@ class Connector:
                     self._record_error(str(exc))
                 except (OSError, ssl.SSLError, trio.BrokenResourceError) as exc:
                     self._record_error(f"network: {type(exc).__name__}: {exc}")
-                except trio_websocket.HandshakeError as exc:
-                    self._record_error(f"websocket handshake failed: {exc!r}")
+                except HandshakeFailed as exc:
+                    self._record_error(f"websocket handshake failed: {exc}")
                 except _ConnectionEnded as exc:
                     self._record_error(str(exc))
                 if self.connected:
@@ -225,11 +236,13 @@ class Connector:
     def drain_connection(self, reason: str) -> None:
         """End a connection that still works without dropping what is in flight.
 
-        Cancelling the scope at once would discard the frames already received
-        but not yet read (trio-websocket drops its queue on a local close).
-        Instead: unsubscribe everything, send an ``ech+hb`` barrier, keep
+        Cancelling the scope at once would lose the frames the gateway has
+        already sent that are still on the wire or in the socket buffers (and,
+        with the trio-websocket client, its queue, which it drops on a local
+        close). Instead: unsubscribe everything, send an ``ech+hb`` barrier, keep
         reading until its echo comes back (the gateway answers in order, so
-        nothing subscribed can follow it), bounded by ``DRAIN_TIMEOUT``; then end.
+        nothing subscribed can follow it), while frames keep arriving (at most
+        ``DRAIN_TIMEOUT`` of silence, ``DRAIN_MAX`` in all); then end.
         """
         if self._conn_nursery is None or self._ws is None or self._barrier is not None:
             return
@@ -241,18 +254,24 @@ class Connector:
         except RuntimeError:  # the connection's tasks have all ended meanwhile
             self.end_connection(reason)
 
-    async def _drain(self, ws: trio_websocket.WebSocketConnection, reason: str) -> None:
+    async def _drain(self, ws: Transport, reason: str) -> None:
         assert self._barrier is not None
-        with trio.move_on_after(DRAIN_TIMEOUT):
+        with trio.move_on_after(DRAIN_MAX):
             for channel in self.settings.channels:
                 await self._send(ws, CHANNEL_COMMANDS[channel][1])
             for conid in sorted(self.subscribed_conids):
                 await self._send(ws, md_unsubscribe(conid))
             await self._send(ws, "ech+hb")
-            await self._barrier.wait()
+            # A burst already on its way may take longer than DRAIN_TIMEOUT to
+            # read: wait while it still makes progress.
+            started = trio.current_time()
+            while trio.current_time() < max(started, self._last_frame) + DRAIN_TIMEOUT:
+                with trio.move_on_at(max(started, self._last_frame) + DRAIN_TIMEOUT):
+                    await self._barrier.wait()
+                    break
         self.end_connection(reason)
 
-    async def stop(self, timeout: float = DRAIN_TIMEOUT) -> None:
+    async def stop(self, timeout: float = DRAIN_MAX) -> None:
         """Drain the current connection and do not reconnect (graceful shutdown)."""
         self._stopping = True
         if self._conn_scope is None:
@@ -270,14 +289,12 @@ class Connector:
         self._barrier = None
         self._conn_ended = trio.Event()
         try:
-            async with trio_websocket.open_websocket_url(
+            async with open_transport(
                 session.ws_url,
+                client=settings.websocket_client,
                 ssl_context=session.ssl_context(),
-                extra_headers=[GatewaySession.cookie_header(session_id)],
-                message_queue_size=4096,
-                max_message_size=4 * 1024 * 1024,
+                headers=[GatewaySession.cookie_header(session_id)],
                 connect_timeout=settings.connect_timeout,
-                disconnect_timeout=2,
             ) as ws:
                 await self._on_open()
                 with trio.CancelScope() as scope:
@@ -296,10 +313,8 @@ class Connector:
                 self._conn_scope = None
                 # The scope is only ever cancelled with a reason.
                 raise _ConnectionEnded(self._end_reason or "connection ended")
-        except trio_websocket.ConnectionClosed as exc:
-            raise _ConnectionEnded(f"socket closed: {exc.reason}") from None
-        except trio_websocket.DisconnectionTimeout:
-            raise _ConnectionEnded(self._end_reason or "socket close timed out") from None
+        except TransportClosed as exc:
+            raise _ConnectionEnded(str(exc)) from None
         finally:
             self._conn_scope = None
             self._conn_nursery = None
@@ -327,45 +342,58 @@ class Connector:
 
     # ------------------------------------------------------------ conn tasks
 
-    async def _read_loop(self, ws: trio_websocket.WebSocketConnection, session_id: str) -> None:
+    async def _read_loop(self, ws: Transport, session_id: str) -> None:
         hub = self.hub
         frames = self.frames
         capture_other = self.settings.capture_other
         publish = hub.publish_json
         clock = trio.current_time
+        event_kind = FrameKind.EVENT
         while True:
             try:
-                message = await ws.get_message()
-            except trio_websocket.ConnectionClosed as exc:
-                self.end_connection(f"socket closed by the gateway (code {exc.reason.code})")
+                batch = await ws.receive_batch()
+            except TransportClosed as exc:
+                if exc.local:
+                    self.end_connection(f"protocol violation by the gateway, {exc}")
+                else:
+                    self.end_connection(f"socket closed by the gateway (code {exc.code})")
                 return
             self._last_frame = clock()
-            if isinstance(message, bytes):
-                frames["binary"] += 1
-            frame = classify(message, capture_other=capture_other)
-            kind = frame.kind
-            frames[kind] += 1
-            if kind is FrameKind.EVENT:
-                publish(frame.topic, frame.payload_json)  # type: ignore[arg-type]
-                if hub.backpressure:
-                    await hub.wait_writable()
-            elif kind is FrameKind.READY:
-                self._on_ready()
-                if self._subscribed_early:
-                    # Our subscriptions went out before ready and were dropped.
-                    await self._subscribe_all(ws)
-            elif kind is FrameKind.HEARTBEAT:
-                barrier = self._barrier
-                if barrier is not None and frame.data and frame.data.get("topic") == "ech":
-                    barrier.set()  # the drain's echo: nothing subscribed can follow
-            elif kind is FrameKind.AUTH_LOST:
-                if frame.topic is not None:
+            for message in batch:
+                if isinstance(message, bytes):
+                    frames["binary"] += 1
+                frame = classify(message, capture_other=capture_other)
+                kind = frame.kind
+                frames[kind] += 1
+                if kind is event_kind:
                     publish(frame.topic, frame.payload_json)  # type: ignore[arg-type]
-                self.drain_connection("sts: the gateway reports authenticated=false")
-            elif kind is FrameKind.WAITING_SESSION:
-                await self._send(ws, orjson.dumps({"session": session_id}).decode())
-            elif kind is FrameKind.ERROR:
-                log.warning("gateway error frame: %.200s", message)
+                    if hub.backpressure:
+                        await hub.wait_writable()
+                else:
+                    await self._on_control(ws, frame, message, session_id)
+
+    async def _on_control(
+        self, ws: Transport, frame: Frame, message: str | bytes, session_id: str
+    ) -> None:
+        """Everything but a data event: ready, heartbeats, sts, session, errors."""
+        kind = frame.kind
+        if kind is FrameKind.READY:
+            self._on_ready()
+            if self._subscribed_early:
+                # Our subscriptions went out before ready and were dropped.
+                await self._subscribe_all(ws)
+        elif kind is FrameKind.HEARTBEAT:
+            barrier = self._barrier
+            if barrier is not None and frame.data and frame.data.get("topic") == "ech":
+                barrier.set()  # the drain's echo: nothing subscribed can follow
+        elif kind is FrameKind.AUTH_LOST:
+            if frame.topic is not None:
+                self.hub.publish_json(frame.topic, frame.payload_json)  # type: ignore[arg-type]
+            self.drain_connection("sts: the gateway reports authenticated=false")
+        elif kind is FrameKind.WAITING_SESSION:
+            await self._send(ws, orjson.dumps({"session": session_id}).decode())
+        elif kind is FrameKind.ERROR:
+            log.warning("gateway error frame: %.200s", message)
 
     def _on_ready(self) -> None:
         self._ready = True
@@ -385,7 +413,7 @@ class Connector:
             self.settings.ready_timeout,
         )
 
-    async def _subscribe_all(self, ws: trio_websocket.WebSocketConnection) -> None:
+    async def _subscribe_all(self, ws: Transport) -> None:
         for channel in self.settings.channels:
             await self._send(ws, CHANNEL_COMMANDS[channel][0])
         self.subscribed_conids.clear()
@@ -393,7 +421,7 @@ class Connector:
         if self._ready:
             self._subscribed_early = False
 
-    async def _sync_conids(self, ws: trio_websocket.WebSocketConnection) -> None:
+    async def _sync_conids(self, ws: Transport) -> None:
         wanted = set(self.hub.wanted_conids())
         for conid in sorted(self.subscribed_conids - wanted):
             await self._send(ws, md_unsubscribe(conid))
@@ -402,7 +430,7 @@ class Connector:
             await self._send(ws, md_subscribe(conid, self.settings.md_fields))
             self.subscribed_conids.add(conid)
 
-    async def _wants_loop(self, ws: trio_websocket.WebSocketConnection) -> None:
+    async def _wants_loop(self, ws: Transport) -> None:
         interval = self.settings.resubscribe_interval
         deadline = trio.current_time() + interval
         while True:
@@ -427,20 +455,16 @@ class Connector:
             for conid in self.hub.expire_idle_conids(idle):
                 log.info("market data for conid %d idle for %.0f s; unsubscribing", conid, idle)
 
-    async def _keepalive(self, ws: trio_websocket.WebSocketConnection) -> None:
+    async def _keepalive(self, ws: Transport) -> None:
         while True:
             await trio.sleep(KEEPALIVE_INTERVAL)
             await self._send(ws, "ech+hb")
 
-    async def _send(self, ws: trio_websocket.WebSocketConnection, text: str) -> None:
+    async def _send(self, ws: Transport, text: str) -> None:
         """Send a command; a closed socket ends the connection instead of raising."""
         try:
-            await ws.send_message(text)
-        except (
-            trio_websocket.ConnectionClosed,
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-        ):
+            await ws.send(text)
+        except TransportClosed:
             self.end_connection("socket closed while sending a command")
             await trio.sleep_forever()  # cancelled at once: the scope is cancelled
 
