@@ -6,6 +6,9 @@ print ``SENT``, then record when each answer arrives. Prints one JSON line:
 minus the ``t_ns`` stamped by the sender (in the event's payload for the
 daemon, top-level for the baseline).
 
+With ``--sse`` each connection opens an SSE stream instead, and the latency
+is taken when the first ``data:`` line with a stamp arrives.
+
 ``poll``: the stand-in for wrk when wrk is not installed: ``--conns``
 keep-alive connections issue GETs back to back for ``--duration`` seconds,
 each for a random topic of ``--topic`` and a random ``since`` in
@@ -37,7 +40,22 @@ def _stamp_of(body: bytes) -> int | None:
     return None
 
 
-async def fanout(base: str, path: str, n: int, timeout: float) -> None:
+async def _read_sse_stamp(client: Http) -> int | None:
+    """Read an open SSE response's chunks until an event with a stamp arrives."""
+    while True:
+        size = int((await client.read_line()).split(b";")[0], 16)
+        if size == 0:
+            return None  # the stream ended first
+        chunk = await client.read_exact(size)
+        await client.read_exact(2)
+        for line in chunk.split(b"\n"):
+            if line.startswith(b"data: "):
+                stamp = orjson.loads(line[6:]).get("payload", {}).get("t_ns")
+                if stamp is not None:
+                    return int(stamp)
+
+
+async def fanout(base: str, path: str, n: int, timeout: float, sse: bool = False) -> None:
     clients = [Http(base) for _ in range(n)]
     latencies: list[float] = []
     errors: list[str] = []
@@ -52,9 +70,14 @@ async def fanout(base: str, path: str, n: int, timeout: float) -> None:
             if sent == n:
                 all_sent.set()
             status, headers = await client.read_head()
-            body = await client.read_body(status, headers)
-            received = time.time_ns()
-            stamp = _stamp_of(body) if status == 200 else None
+            if sse and status == 200:
+                body = b"(stream ended)"
+                stamp = await _read_sse_stamp(client)
+                received = time.time_ns()
+            else:
+                body = await client.read_body(status, headers)
+                received = time.time_ns()
+                stamp = _stamp_of(body) if status == 200 else None
             if stamp is None:
                 errors.append(f"status {status}: {body[:100]!r}")
             else:
@@ -124,6 +147,7 @@ def main() -> int:
     f.add_argument("--path", required=True)
     f.add_argument("--n", type=int, default=500)
     f.add_argument("--timeout", type=float, default=60)
+    f.add_argument("--sse", action="store_true", help="SSE streams instead of long-polls")
     p = sub.add_parser("poll")
     p.add_argument("--url", required=True)
     p.add_argument("--template", required=True, help="path with {topic} and {since}")
@@ -134,7 +158,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=5)
     args = parser.parse_args()
     if args.mode == "fanout":
-        trio.run(fanout, args.url, args.path, args.n, args.timeout)
+        trio.run(fanout, args.url, args.path, args.n, args.timeout, args.sse)
     else:
         trio.run(
             poll,

@@ -921,12 +921,21 @@ class Bench:
         self.children += [bchild, rchild]
         d_p99, d_max, b_p99, b_max, growth, errors = [], [], [], [], [], 0
         r_p99: list[float] = []
+        s_p99: list[float] = []
+        s_max: list[float] = []
         for run in range(self.runs):
             b = await self._fanout_once(burl, "/wait", n, burl, None)
             w = await self._fanout_once(rurl, "/wait", n, rurl, None)
             r_p99.append(w["p99"])
             since = await head(url, topic)
             r = await self._fanout_once(url, f"/events/{topic}?since={since}&wait=30", n, gw, d)
+            since = await head(url, topic)
+            s = await self._fanout_once(
+                url, f"/events/{topic}/stream?since={since}", n, gw, d, sse=True
+            )
+            s_p99.append(s["p99"])
+            s_max.append(s["max"])
+            errors += s["errors"]
             b_p99.append(b["p99"])
             b_max.append(b["max"])
             d_p99.append(r["p99"])
@@ -935,7 +944,8 @@ class Bench:
             errors += r["errors"] + b["errors"]
             self.say(
                 f"fanout run {run + 1}: baseline p99 {b['p99']:.1f} ms max {b['max']:.1f};"
-                f" daemon p99 {r['p99']:.1f} ms max {r['max']:.1f}, RSS +{r['rss_growth_mib']:.1f} MiB"
+                f" daemon p99 {r['p99']:.1f} ms max {r['max']:.1f}, RSS +{r['rss_growth_mib']:.1f} MiB;"
+                f" SSE p99 {s['p99']:.1f} ms max {s['max']:.1f}"
             )
         section.rows += [
             Row(
@@ -949,6 +959,21 @@ class Bench:
                 on="daemon",
             ),
             Row(f"time until all {n} have it (max)", "ms", d_max, b_max, ratio_of(d_max, b_max)),
+            Row(
+                f"SSE: p99 time until each of {n} open streams has the event (vs the baseline's"
+                " long-polls)",
+                "ms",
+                s_p99,
+                b_p99,
+                ratio_of(s_p99, b_p99),
+            ),
+            Row(
+                f"SSE: time until all {n} streams have it (max)",
+                "ms",
+                s_max,
+                b_max,
+                ratio_of(s_max, b_max),
+            ),
             Row(
                 "headroom: p99 from a bare ASGI app on Hypercorn, no Quart (vs the baseline)",
                 "ms",
@@ -979,8 +1004,13 @@ class Bench:
         return section
 
     async def _fanout_once(
-        self, url: str, path: str, n: int, fire_at: str, daemon: Child | None
+        self, url: str, path: str, n: int, fire_at: str, daemon: Child | None, sse: bool = False
     ) -> dict[str, Any]:
+        if daemon is not None:
+            # The streams of an earlier round must be gone before `waiting` counts this one's.
+            with trio.move_on_after(30):
+                while (await status(url))["waiting"]:  # noqa: ASYNC110 - another process's state
+                    await trio.sleep(0.05)
         rss0 = daemon.rss_kib() if daemon else 0
         child = Child(
             self.tag("fanout"),
@@ -994,6 +1024,7 @@ class Bench:
                 path,
                 "--n",
                 str(n),
+                *(["--sse"] if sse else []),
             ],
             self.workdir,
         )
