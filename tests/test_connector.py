@@ -9,6 +9,7 @@ import httpx
 import pytest
 import trio
 
+from bezant_trio.config import config_from_mapping
 from bezant_trio.cpapi import connector as connector_module
 from bezant_trio.cpapi.connector import Connector, ConnectorSettings, backoff_delay
 from bezant_trio.cpapi.session import GatewayUnavailable
@@ -320,3 +321,9 @@ async def test_backoff_grows_while_failing_and_resets_after_a_healthy_connection
     ceilings = [1, 2, 4, 8, 16, 1, 2, 4]
     for delay, ceiling in zip(conn_delays, ceilings, strict=True):
         assert ceiling / 2 <= delay <= ceiling
+
+
+def test_the_websocket_client_comes_from_the_config() -> None:
+    chosen = config_from_mapping({"gateway": {"websocket_client": "Trio-WebSocket"}})
+    assert ConnectorSettings.from_config(chosen).websocket_client == "trio-websocket"
+    assert ConnectorSettings.from_config(config_from_mapping({})).websocket_client == "wsproto"
