@@ -16,7 +16,9 @@ A :class:`Rig` puts together, over real sockets:
 :meth:`Rig.verify` checks the promises of DESIGN.md at the end of a scenario:
 every frame the gateway wrote while the daemon was connected is captured
 exactly once and in order (holes are allowed only inside the windows of
-process restarts, where a frame may be in flight while the process dies);
+process restarts, where a frame may be in flight while the process dies;
+frames written only to a connection after the daemon had failed it, which
+the gateway kept open and subscribed while bug 1 stood, never reached it);
 each outage yields exactly one epoch bump and one gap per known topic; every
 poller and sink ends with everything.
 """
@@ -39,6 +41,7 @@ import trio
 from bezant_trio.config import config_from_mapping
 from bezant_trio.daemon import Daemon
 from bezant_trio.simulator import GatewaySimulator
+from bezant_trio.simulator.connection import WsConnection
 from helpers import seq_of
 from procs import DaemonProcess
 
@@ -239,6 +242,8 @@ class Report:
 
     captured: dict[str, int] = field(default_factory=dict)
     holes: dict[str, int] = field(default_factory=dict)
+    #: Frames written only to connections the daemon had failed, per channel.
+    abandoned_only: dict[str, int] = field(default_factory=dict)
     gaps: dict[str, Counter[str]] = field(default_factory=dict)
     reset_epoch: int = 0
 
@@ -264,6 +269,23 @@ class Rig:
         self.client: httpx.AsyncClient | None = None
         self._poller_scope = trio.CancelScope()
         self._stopped = False
+        #: Every WebSocket the gateway accepted, oldest first: their own ledgers
+        #: say which seqs went to which connection.
+        self.ws_connections: list[WsConnection] = []
+        #: Connections the daemon failed for a protocol violation: id -> per
+        #: channel, the newest seq queued ahead of the violating frame. What the
+        #: gateway writes to them after it never reaches the daemon's reader
+        #: (while bug 1 stood, such a socket stayed open and subscribed).
+        self.abandoned: dict[int, dict[str, int]] = {}
+        opened = self.sim._connection_opened
+
+        def record(connection: WsConnection) -> None:
+            self.ws_connections.append(connection)
+            opened(connection)
+
+        # The one seam to see every connection, even one that opens and closes
+        # between two looks (the simulator keeps only the last 20 closed ones).
+        self.sim._connection_opened = record  # type: ignore[method-assign]
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -385,6 +407,48 @@ class Rig:
         """The newest seq the gateway assigned, per channel."""
         return {ch: self.sim._channel(ch).last_assigned for ch in CHANNELS}
 
+    def abandon_open_connections(self) -> None:
+        """Call just before sending every open connection a frame the daemon must
+        fail it for (a protocol violation): frames queued behind that frame, and
+        all the gateway writes to a leaked connection later on, never reach the
+        daemon's reader, so they do not count as written to the daemon."""
+        cutoff = self.assigned()
+        for connection in self.sim.connections:
+            self.abandoned.setdefault(connection.id, cutoff)
+
+    def written_to_daemon(self, channel: str) -> set[int]:
+        """The seqs of ``channel`` written to a connection the daemon was reading.
+
+        The simulator's ``written`` ledger, less what went only to connections
+        after the daemon had failed them (see :attr:`abandoned`).
+        """
+        seqs: set[int] = set()
+        every: set[int] = set()
+        for connection in self.ws_connections:
+            ranges = connection.written.get(channel)
+            if ranges is None:
+                continue
+            cut = self.abandoned.get(connection.id, {}).get(channel)
+            for first, last in ranges.ranges():
+                every.update(range(first, last + 1))
+                seqs.update(range(first, (last if cut is None else min(last, cut)) + 1))
+        # Every connection was seen: their ledgers add up to the simulator's.
+        assert every == expand(self.sim.written(channel).ranges()), channel
+        return seqs
+
+    def writers(self, channel: str, seq: int) -> str:
+        """Which connections ``seq`` of ``channel`` was written to (for failure messages)."""
+        names = []
+        for connection in self.ws_connections:
+            ranges = connection.written.get(channel)
+            if ranges is not None and seq in ranges:
+                cut = self.abandoned.get(connection.id, {}).get(channel)
+                names.append(
+                    f"connection {connection.id}"
+                    + ("" if cut is None else f" (failed by the daemon after seq {cut})")
+                )
+        return ", ".join(names) or "no connection"
+
     def start_pollers(self, **options: Any) -> None:
         assert self.client is not None
         client = self.client
@@ -418,7 +482,7 @@ class Rig:
         """Stop the stream; wait until pollers hold every frame written and sinks caught up."""
         self.sim.stop_stream()
         for channel in CHANNELS:
-            last = self.sim.written(channel).last or 0
+            last = max(self.written_to_daemon(channel), default=0)
             await self.pollers[channel].wait_for(lambda p, n=last: p.last_seq() >= n)
         await self.wait_sinks_caught_up()
 
@@ -526,20 +590,23 @@ class Rig:
         data = [e for e in events if not is_gap(e)]
         seqs = [seq_of(e) for e in data]
         assert seqs == sorted(set(seqs)), f"{channel}: a frame captured twice or out of order"
-        written = expand(self.sim.written(channel).ranges())
-        extra = set(seqs) - written
+        everything = expand(self.sim.written(channel).ranges())
+        extra = set(seqs) - everything
         assert not extra, (
             f"{channel}: captured frames the gateway never wrote: {sorted(extra)[:10]}"
         )
+        written = self.written_to_daemon(channel)
         holes = sorted(written - set(seqs))
         windows = expect.restart_windows.get(channel, [])
         outside = [s for s in holes if not any(lo < s <= hi for lo, hi in windows)]
         assert not outside, (
             f"{channel}: {len(outside)} frames written while connected were not captured, "
-            f"e.g. seqs {outside[:10]} (of {len(written)} written); " + _around(events, outside[0])
+            f"e.g. seqs {outside[:10]} (of {len(written)} written; seq {outside[0]} went to "
+            f"{self.writers(channel, outside[0])}); " + _around(events, outside[0])
         )
         report.captured[channel] = len(seqs)
         report.holes[channel] = len(holes)
+        report.abandoned_only[channel] = len(everything - written - set(seqs))
         # One gap per outage, in epoch order, and every event carries the epoch
         # that was current when it was received.
         reasons = Counter(e["payload"]["reason"] for e in events if is_gap(e))

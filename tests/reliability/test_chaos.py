@@ -11,12 +11,16 @@ What a fault may cost is spelled out: a frame may only be lost inside the
 window of a process restart, of a protocol violation (the failed connection
 is abandoned until the new one subscribes), or, while the bug listed in the
 README stands, of a connection the daemon ends itself (tickle 401,
-``sts authenticated=false``).
+``sts authenticated=false``). What the gateway writes to a connection after
+the daemon failed it for a protocol violation is not counted as written to the
+daemon (``Rig.abandoned``): while bug 1 stood, that socket stayed open and
+subscribed, a later outage (a stall, say) handed the frames sent before the new
+connection subscribed to it alone, and the single ledger counted them as lost
+(seed 4257498412, README).
 """
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 from collections.abc import Awaitable, Callable
@@ -138,6 +142,9 @@ class Chaos:
     async def invalid_utf8_text(self) -> None:
         async def action() -> None:
             reconnects = (await self.status())["reconnect_count"]
+            # The daemon fails the connection at this frame: what the gateway
+            # writes to it from now on never reaches the daemon (Rig.abandoned).
+            self.rig.abandon_open_connections()
             await self.rig.sim.send_invalid_utf8(as_text=True)
             await self.rig.wait_status(lambda s: s["reconnect_count"] > reconnects)
             await self.wait_connected()
@@ -296,7 +303,7 @@ async def _chaos_run(rig: Rig, seed: int, tmp_path: Path, duration: float) -> No
         print(
             f"chaos seed={seed} faults={len(chaos.log)} {chaos.log} "
             f"reconnects={reconnects} restarts={chaos.restarts} captured={report.captured} "
-            f"holes={report.holes}"
+            f"holes={report.holes} written only to failed connections={report.abandoned_only}"
         )
         assert "Traceback" not in daemon.output(), daemon.output()[-3000:]
     finally:
@@ -305,11 +312,6 @@ async def _chaos_run(rig: Rig, seed: int, tmp_path: Path, duration: float) -> No
             umount(disk)
 
 
-@pytest.mark.skipif(
-    not os.environ.get("BEZANT_CHAOS") and not os.environ.get("BEZANT_SOAK"),
-    reason="flaky on a loaded 2-core CI box (seed 4257498412 lost an order across a "
-    "sigterm/kill_9/disk_full sequence); opt in with BEZANT_CHAOS=1 until fixed (issue 8)",
-)
 async def test_chaos_60s(rig: Rig, seed: int, tmp_path: Path) -> None:
     await _chaos_run(rig, seed, tmp_path, 60.0)
 

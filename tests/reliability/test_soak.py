@@ -4,7 +4,7 @@ A real daemon process (SQLite log, a webhook sink and a file sink) against the
 in-process simulator streaming 500 events/s over orders, PnL, trades and two
 market-data conids, polled by 50 HTTP clients: one recording poller per topic
 that keeps the seqs it saw, and load pollers that check order on the fly. The
-gateway drops the connection every 25 s (CI, 60 s run) or every 2 minutes
+gateway drops the connection every 30 s (CI, 2 minute run) or every 2 minutes
 (``BEZANT_SOAK=1``, 1 hour). The daemon's RSS and open file descriptors are
 sampled throughout; after a warm-up (rings filling, caches growing) their
 slope is reported and must stay flat.
@@ -135,7 +135,7 @@ async def _soak(rig: Rig, seed: int, duration: float, drop_every: float, warm_up
                     next_drop += drop_every
                     await rig.wait_status(lambda s, d=drops: s["reconnect_count"] >= d)
                     await rig.wait_newest_subscribed()
-                await trio.sleep(min(2.0, duration / 60))
+                await trio.sleep(min(2.0, duration / 120))  # the sampling pace
             rig.sim.stop_stream()
             recorders = {p.topic: p for p in pollers if p.record}
             for channel in CHANNELS:
@@ -158,7 +158,10 @@ async def _soak(rig: Rig, seed: int, duration: float, drop_every: float, warm_up
     print(
         f"soak seed={seed} {elapsed:.0f} s, {total} frames ({total / elapsed:.0f}/s), "
         f"{drops} drops; RSS {steady[0][1]}->{steady[-1][1]} KiB, slope {rss_slope:.0f} KiB/min; "
-        f"fds {min(fds)}..{max(fds)}, slope {fd_slope:.2f}/min"
+        f"fds {min(fds)}..{max(fds)}, slope {fd_slope:.2f}/min; RSS MiB/fds over time: "
+        + " ".join(
+            f"{t:.0f}s:{rss / 1024:.1f}/{n}" for t, rss, n in samples[:: max(1, len(samples) // 12)]
+        )
     )
     # Nothing lost: every frame written is captured once, in order, by every poller.
     assert status["reconnect_count"] == drops
@@ -183,18 +186,21 @@ async def _soak(rig: Rig, seed: int, duration: float, drop_every: float, warm_up
     for topic in topics:
         assert filed[topic].count == heads[topic], topic
     # Flat: no descriptor leak, no memory ramp after the warm-up. Descriptors
-    # move with keep-alive connections and the log's reader pool, so the last
-    # quarter may not hold more than the first one did. Memory: SQLite's page
-    # caches (16 MiB for the writer) fill for minutes while the log grows, so
-    # the CI run only catches a gross leak (every event kept would be ~15-25
-    # MiB/min at 500/s); the hour-long run holds the slope under 1 MiB/min.
+    # swing by 20 and more with keep-alive connections (up to POLLERS + 10) and
+    # the log's reader pool, so peaks say little; a leak raises the floor: the
+    # fewest open in the last quarter may not exceed the fewest in the first
+    # quarter by more than 5. Memory: SQLite's page caches (16 MiB for the
+    # writer) fill during the first minute while the log grows (slopes of 3-13
+    # MiB/min between 25 and 60 s), then level off (under 1 MiB/min from 60 to
+    # 120 s); every event kept would be ~10-25 MiB/min at 500/s, so the CI run
+    # holds the slope after 60 s under 6 MiB/min, the hour-long run under 1.
     quarter = max(1, len(fds) // 4)
-    assert max(fds[-quarter:]) <= max(fds[:quarter]) + 5, fds
-    assert rss_slope < (1024 if SOAK else 40 * 1024), rss_slope
+    assert min(fds[-quarter:]) <= min(fds[:quarter]) + 5, fds
+    assert rss_slope < (1024 if SOAK else 6 * 1024), rss_slope
 
 
-async def test_soak_ci_60s(rig: Rig, seed: int, tmp_path: Path) -> None:
-    await _soak(rig, seed, duration=60, drop_every=25, warm_up=25)
+async def test_soak_ci_2_minutes(rig: Rig, seed: int, tmp_path: Path) -> None:
+    await _soak(rig, seed, duration=120, drop_every=30, warm_up=60)
 
 
 @pytest.mark.soak
