@@ -19,6 +19,7 @@ from bezant_trio import logs
 from bezant_trio.config import Config, ConfigError, load_config
 from bezant_trio.cpapi.connector import DRAIN_MAX, Connector, ConnectorSettings
 from bezant_trio.http.app import HttpContext, create_app
+from bezant_trio.http.fastpath import FastPolls
 from bezant_trio.http.metrics import DaemonMetrics
 from bezant_trio.http.server import BindError, InFlight, serve_http
 from bezant_trio.http.sse import SseStreams
@@ -61,6 +62,8 @@ class Daemon:
         self.notifier = notifier if notifier is not None else SystemdNotifier.from_env()
         self.metrics: DaemonMetrics | None = None
         self.streams = SseStreams()
+        #: The ASGI fast path for plain polls (on; tests switch it off to compare).
+        self.fast_polls = FastPolls()
         self._stop = trio.Event()
         #: Set once the daemon serves (what READY=1 means).
         self.serving = trio.Event()
@@ -156,6 +159,7 @@ class Daemon:
                     metrics=metrics.render,
                     history_enabled=lambda: event_log is not None,
                     streams=self.streams,
+                    fast_polls=self.fast_polls,
                     extensions=[metrics.install],
                 )
             )

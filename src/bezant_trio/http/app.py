@@ -2,12 +2,13 @@
 
 Reads only from the hub (``bezant_trio.store.hub``) and from status callables
 the daemon hands in; never imports the connector. Responses reuse each
-event's pre-encoded JSON bytes: nothing is re-serialised per request.
+event's pre-encoded JSON bytes: nothing is re-serialised per request. Plain
+polls are answered in front of Quart by ``http.fastpath`` (same bytes, see
+``HttpContext.fast_polls``); everything else, every error included, is here.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,9 +19,11 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from bezant_trio.http.errors import ApiError, error_response, json_response
+from bezant_trio.http.errors import UNAUTHORIZED_MESSAGE, ApiError, error_response, json_response
+from bezant_trio.http.fastpath import FastPolls
 from bezant_trio.http.openapi import openapi_spec
-from bezant_trio.http.params import check_topic, conid_of, int_arg
+from bezant_trio.http.params import bearer_matches, check_topic, conid_of, int_arg
+from bezant_trio.http.poll import events_body, poll_args, read_poll
 from bezant_trio.http.sse import SseStreams
 from bezant_trio.model import parse_ts
 from bezant_trio.store.hub import Hub, HubRead, TooManyConids, marketdata_topic
@@ -29,9 +32,6 @@ __all__ = ["HttpContext", "create_app"]
 
 log = logging.getLogger(__name__)
 
-MAX_LIMIT = 1000
-DEFAULT_LIMIT = 100
-MAX_WAIT = 30.0
 HISTORY_DEFAULT_LIMIT = 500
 HISTORY_MAX_LIMIT = 5000
 
@@ -52,6 +52,8 @@ class HttpContext:
     history_enabled: Callable[[], bool] = lambda: False
     #: ``GET /events/{topic}/stream`` (Server-Sent Events) and its settings.
     streams: SseStreams = field(default_factory=SseStreams)
+    #: The ASGI fast path in front of Quart for plain polls (on by default).
+    fast_polls: FastPolls = field(default_factory=FastPolls)
     #: Extra registrars (request metrics, ...) get the app and this context.
     extensions: list[Callable[[QuartTrio, HttpContext], None]] = field(default_factory=list)
 
@@ -66,17 +68,8 @@ def create_app(ctx: HttpContext) -> QuartTrio:
     async def _authenticate() -> Response | None:
         if ctx.token is None or request.path == "/health":
             return None
-        header = request.headers.get("authorization", "")
-        scheme, _, presented = header.partition(" ")
-        # Compare even a malformed header against the token so the timing and
-        # the answer do not tell a missing header from a wrong token.
-        ok = hmac.compare_digest(presented.strip().encode(), ctx.token.encode())
-        if scheme.lower() != "bearer" or not ok:
-            return error_response(
-                401,
-                "unauthorized",
-                "send 'Authorization: Bearer <token>' with the token configured as http.token",
-            )
+        if not bearer_matches(request.headers.get("authorization", ""), ctx.token):
+            return error_response(401, "unauthorized", UNAUTHORIZED_MESSAGE)
         return None
 
     @app.errorhandler(ApiError)
@@ -205,19 +198,14 @@ def create_app(ctx: HttpContext) -> QuartTrio:
     ctx.streams.install(app, ctx)
     for extend in ctx.extensions:
         extend(app, ctx)
+    ctx.fast_polls.install(app, ctx)
     return app
 
 
 async def _poll(hub: Hub, topic: str) -> Response:
-    since = int_arg("since", 0, minimum=0)
-    limit = _limit_arg()
-    wait = _wait_arg()
-    answer = await hub.read(topic, since, limit)
-    if wait > 0 and not answer.expired and len(answer.events) < limit:
-        # Also with a few events ready: the hub paces hot topics into batches.
-        await hub.wait(topic, since, wait, limit=limit)
-        answer = await hub.read(topic, since, limit)
-    return _answer(hub, topic, since, answer)
+    # The fast path (http.fastpath) answers the same polls with the same calls.
+    args = poll_args(request.args)
+    return _answer(hub, topic, args.since, await read_poll(hub, topic, args))
 
 
 def _answer(hub: Hub, topic: str, since: int, answer: HubRead) -> Response:
@@ -232,17 +220,7 @@ def _answer(hub: Hub, topic: str, since: int, answer: HubRead) -> Response:
         )
     if not answer.events and answer.known:
         return Response(b"", status=204, headers={"x-bezant-cursor": str(answer.next_cursor)})
-    body = b"".join(
-        (
-            b'{"events":[',
-            b",".join(e.json for e in answer.events),
-            b'],"next_cursor":',
-            str(answer.next_cursor).encode(),
-            b',"reset_epoch":',
-            str(hub.reset_epoch).encode(),
-            b"}",
-        )
-    )
+    body = events_body(answer, hub.reset_epoch)
     return json_response(body, headers={"x-bezant-cursor": str(answer.next_cursor)})
 
 
@@ -250,32 +228,3 @@ def _require_hub(ctx: HttpContext) -> Hub:
     if ctx.hub is None:
         raise ApiError(503, "events_disabled", "event capture is not running in this process")
     return ctx.hub
-
-
-def _limit_arg() -> int:
-    raw = request.args.get("limit")
-    if raw is None:
-        return DEFAULT_LIMIT
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:
-        raise ApiError(
-            400,
-            "invalid_query",
-            f"limit must be an integer from 1 to {MAX_LIMIT}, got {raw[:40]!r}",
-        )
-    # Larger values are capped, as bezant-server does.
-    return min(int(raw), MAX_LIMIT)
-
-
-def _wait_arg() -> float:
-    raw = request.args.get("wait")
-    if raw is None:
-        return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= MAX_WAIT:  # also rejects NaN
-        raise ApiError(
-            400, "invalid_query", f"wait must be seconds from 0 to {MAX_WAIT:g}, got {raw[:40]!r}"
-        )
-    return value

@@ -7,7 +7,12 @@ from typing import Any
 import orjson
 from quart import Response
 
-__all__ = ["ApiError", "error_response", "json_response"]
+__all__ = ["UNAUTHORIZED_MESSAGE", "ApiError", "error_response", "json_response"]
+
+#: What every 401 (code ``unauthorized``) says, from Quart and from the fast path.
+UNAUTHORIZED_MESSAGE = (
+    "send 'Authorization: Bearer <token>' with the token configured as http.token"
+)
 
 
 class ApiError(Exception):

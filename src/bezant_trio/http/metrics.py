@@ -8,7 +8,8 @@ things need recording as they happen, and both are cheap:
 - the log's commit latency, a histogram fed by ``hub.commit_observers``
   (once per committed *batch*, not per event);
 - HTTP requests by route template, method and status, counted into a plain
-  dict by an ``after_request`` hook (no lock, no label lookup per request).
+  dict by an ``after_request`` hook and by the poll fast path (no lock, no
+  label lookup per request).
 
 Reads the hub and status callables; never imports the connector or sinks.
 """
@@ -16,7 +17,7 @@ Reads the hub and status callables; never imports the connector or sinks.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -33,6 +34,9 @@ from quart_trio import QuartTrio
 
 from bezant_trio import __version__
 from bezant_trio.store.hub import Hub
+
+if TYPE_CHECKING:
+    from bezant_trio.http.app import HttpContext
 
 __all__ = ["CONTENT_TYPE", "DaemonMetrics"]
 
@@ -100,20 +104,29 @@ class DaemonMetrics:
         self.commit_seconds.observe(latency)
         self.commit_events.observe(count)
 
-    def install(self, app: QuartTrio, ctx: object) -> None:
-        """An ``HttpContext.extensions`` registrar: count every answered request."""
-        counts = self.http_requests
+    def install(self, app: QuartTrio, ctx: HttpContext) -> None:
+        """An ``HttpContext.extensions`` registrar: count every answered request.
+
+        Quart's answers are counted by an ``after_request`` hook; the polls the
+        fast path answers without Quart (``http.fastpath``) report here too.
+        """
 
         @app.after_request
         async def _count_request(response: Response) -> Response:
             rule = request.url_rule
-            key = (
-                rule.rule if rule is not None else "unmatched",
-                request.method,
-                str(response.status_code),
+            self.count_request(
+                rule.rule if rule is not None else "unmatched", request.method, response.status_code
             )
-            counts[key] = counts.get(key, 0) + 1
             return response
+
+        if self.count_request not in ctx.fast_polls.observers:
+            ctx.fast_polls.observers.append(self.count_request)
+
+    def count_request(self, route: str, method: str, status: int) -> None:
+        """Count one answered request under its route template (no lock, no label lookup)."""
+        key = (route, method, str(status))
+        counts = self.http_requests
+        counts[key] = counts.get(key, 0) + 1
 
     def render(self) -> bytes:
         """The exposition text (what ``GET /metrics`` answers)."""

@@ -1,4 +1,4 @@
-"""Request parameters shared by the routes: topic names, integers, conids.
+"""Request parameters shared by the routes: topic names, integers, conids, the token.
 
 Every check raises :class:`ApiError` with a message naming the parameter, so
 bad input answers 400 with the error envelope, never a stack trace.
@@ -6,13 +6,14 @@ bad input answers 400 with the error envelope, never a stack trace.
 
 from __future__ import annotations
 
+import hmac
 import re
 
 from quart import request
 
 from bezant_trio.http.errors import ApiError
 
-__all__ = ["TOPIC_RE", "check_topic", "conid_of", "int_arg", "parse_int"]
+__all__ = ["TOPIC_RE", "bearer_matches", "check_topic", "conid_of", "int_arg", "parse_int"]
 
 #: Topic names: a family, optionally ``:`` and a key (``marketdata:265598``).
 TOPIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}(:[A-Za-z0-9_.\-]{1,64})?$")
@@ -49,3 +50,12 @@ def int_arg(name: str, default: int | None, *, minimum: int) -> int | None:
     if raw is None:
         return default
     return parse_int(name, raw, minimum=minimum)
+
+
+def bearer_matches(authorization: str, token: str) -> bool:
+    """Whether an ``Authorization`` header value is ``Bearer <token>``, in constant time."""
+    scheme, _, presented = authorization.partition(" ")
+    # Compare even a malformed header against the token so the timing and
+    # the answer do not tell a missing header from a wrong token.
+    ok = hmac.compare_digest(presented.strip().encode(), token.encode())
+    return scheme.lower() == "bearer" and ok

@@ -1,0 +1,279 @@
+"""The ASGI fast path in front of Quart for the hot read: plain polls of ``GET /events/...``.
+
+Through Quart a poll costs a request context, werkzeug routing and the
+hooks: several times the daemon's own work for it (bench/ANALYSIS.md, P9).
+This layer answers the polls it is sure about itself, ``GET /events/<topic>``
+and ``GET /events/marketdata?conid=N`` with a well-formed query and no
+request body, by calling the hub through the same code as the Quart route
+(``http.poll``) and sending the same status, headers and body. Everything
+else goes to the Quart app unchanged: other routes and methods, anything it
+does not parse, and every error (400, 412, 429, 503) but one: the 401 for a
+wrong or missing token on these two routes. A token is checked once per
+request, in constant time (``params.bearer_matches``), so the layer that
+checked it gives the 401. ``tests/test_http_fastpath.py`` holds both paths to
+the same bytes.
+
+Reads the hub only; never imports the connector.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import trio
+
+from bezant_trio.http.errors import UNAUTHORIZED_MESSAGE, ApiError
+from bezant_trio.http.params import bearer_matches, conid_of, parse_int
+from bezant_trio.http.poll import PollArgs, events_body, poll_args, should_wait, wait_and_read
+from bezant_trio.store.hub import Hub, HubRead, TooManyConids, marketdata_topic
+
+if TYPE_CHECKING:
+    from quart_trio import QuartTrio
+
+    from bezant_trio.http.app import HttpContext
+
+__all__ = ["FastPolls"]
+
+#: The route templates Quart knows these polls by (request metrics key on them).
+TOPIC_ROUTE = "/events/<topic>"
+MARKETDATA_ROUTE = "/events/marketdata"
+
+#: ``params.TOPIC_RE`` as a full match: its ``$`` would also accept a trailing newline.
+_TOPIC = re.compile(r"[a-z][a-z0-9_]{0,31}(?::[A-Za-z0-9_.\-]{1,64})?")
+#: A request carrying any of these goes to Quart, which knows how to drain a body.
+_BODY_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect"))
+# Quart's headers for these answers, in its order (the tests compare them with Quart's).
+_JSON = (b"content-type", b"application/json")
+_HTML = (b"content-type", b"text/html; charset=utf-8")
+_NO_BODY = (b"content-length", b"0")
+#: ``errors.error_response(401, "unauthorized", ...)``, encoded once.
+_UNAUTHORIZED = orjson.dumps({"code": "unauthorized", "message": UNAUTHORIZED_MESSAGE})
+
+
+class FastPolls:
+    """The fast path's switch and counters; :meth:`install` puts it in front of an app.
+
+    ``enabled`` is read per request, so it can be switched while serving.
+    """
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        #: Requests answered here, without Quart: polls and their 401s (since start).
+        self.answered = 0
+        #: HTTP requests handed to Quart while enabled (since start).
+        self.passed_on = 0
+        #: Called with (route template, method, status) for every request answered
+        #: here, before it is sent: what Quart's ``after_request`` hooks see.
+        self.observers: list[Callable[[str, str, int], None]] = []
+
+    def install(self, app: QuartTrio, ctx: HttpContext) -> None:
+        """Wrap ``app.asgi_app``, so the app served stays the Quart app (Quart's advice)."""
+        app.asgi_app = _FastPollApp(app.asgi_app, ctx, self)  # type: ignore[method-assign]
+
+
+@dataclass(frozen=True, slots=True)
+class _Poll:
+    """A poll the fast path will answer (if the hub does not say 412 or 429)."""
+
+    route: str
+    topic: str
+    #: The conid a ``marketdata`` poll wants (None for other topics).
+    conid: int | None
+    args: PollArgs
+
+
+@dataclass(frozen=True, slots=True)
+class _Unauthorized:
+    """A request to one of the poll routes without the right token."""
+
+    route: str
+
+
+class _FastPollApp:
+    """The ASGI callable: answers plain polls, hands everything else to ``quart_app``."""
+
+    def __init__(self, quart_app: Any, ctx: HttpContext, polls: FastPolls) -> None:
+        self._quart_app = quart_app
+        self._ctx = ctx
+        self._polls = polls
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        polls = self._polls
+        if polls.enabled and scope["type"] == "http":
+            plan = self._plan(scope)
+            if type(plan) is _Poll:
+                await self._answer(plan, scope, receive, send)
+                return
+            if type(plan) is _Unauthorized:
+                await self._send(
+                    plan.route, 401, [_JSON, _length(_UNAUTHORIZED)], _UNAUTHORIZED, send
+                )
+                return
+            polls.passed_on += 1
+        await self._quart_app(scope, receive, send)
+
+    def _plan(self, scope: Any) -> _Poll | _Unauthorized | None:
+        """What to answer, or None for Quart. Has no side effects.
+
+        Checks in Quart's order where the answers differ: the token (Quart's
+        ``before_request``) before the query's values (the route's).
+        """
+        if scope["method"] != "GET" or scope.get("root_path"):
+            return None
+        path: str = scope["path"]
+        if not path.startswith("/events/") or self._ctx.hub is None:
+            return None
+        name = path[8:]
+        if name == "marketdata":
+            route = MARKETDATA_ROUTE
+        elif _TOPIC.fullmatch(name) is not None:
+            route = TOPIC_ROUTE
+        else:
+            return None  # another route, or a bad topic
+        authorization: bytes | None = None
+        for header, value in scope["headers"]:
+            if header == b"authorization":
+                if authorization is None:  # Quart reads the first one too
+                    authorization = value
+            elif header in _BODY_HEADERS:
+                return None
+        # Before the token: Quart fails on a query that is not UTF-8 before
+        # it checks the token.
+        query = _query(scope["query_string"])
+        if query is None:
+            return None
+        token = self._ctx.token
+        # Quart decodes header values as latin-1: decoded the same way, a
+        # header passes here exactly when it passes there.
+        if token is not None and not bearer_matches(
+            "" if authorization is None else authorization.decode("latin-1"), token
+        ):
+            return _Unauthorized(route)
+        try:
+            if route == MARKETDATA_ROUTE:
+                raw_conid = query.get("conid")
+                if raw_conid is None:
+                    return None
+                conid: int | None = parse_int("conid", raw_conid, minimum=1)
+                return _Poll(route, marketdata_topic(conid), conid, poll_args(query))
+            conid = conid_of(name) if name.startswith("marketdata:") else None
+            return _Poll(route, name, conid, poll_args(query))
+        except ApiError:
+            return None
+
+    async def _answer(self, poll: _Poll, scope: Any, receive: Any, send: Any) -> None:
+        hub = self._ctx.hub
+        assert hub is not None  # _plan checked it
+        if poll.conid is not None:
+            try:
+                hub.want_conid(poll.conid)
+            except TooManyConids:
+                # Nothing was recorded: Quart asks again and answers the 429.
+                self._polls.passed_on += 1
+                await self._quart_app(scope, receive, send)
+                return
+        # read_poll's steps, so that only a poll that waits pays for a watcher.
+        answer = await hub.read(poll.topic, poll.args.since, poll.args.limit)
+        if should_wait(poll.args, answer):
+            received: list[Any] = []
+            async with trio.open_nursery() as nursery:
+                # Quart cancels a request whose client goes away; so does this
+                # watcher, for the one place that can take long: the wait.
+                watching = trio.CancelScope()
+                nursery.start_soon(
+                    _cancel_on_disconnect, receive, received, nursery.cancel_scope, watching
+                )
+                answer = await wait_and_read(hub, poll.topic, poll.args)
+                # Stop watching before answering. Answering at once, without
+                # waiting for the watcher to end, saves the long-poll a pass of
+                # the scheduler; and the answer's own end makes Hypercorn report
+                # a disconnect, whose cancel would stop Hypercorn from closing a
+                # `Connection: close` connection (a Quart-trio quirk).
+                watching.cancel()
+                if not answer.expired:
+                    await self._respond(hub, poll, answer, send)
+                    return
+            if nursery.cancel_scope.cancelled_caught:
+                return  # the client went away: like Quart, answer nothing
+            receive = _replaying(received, receive)
+        elif not answer.expired:
+            await self._respond(hub, poll, answer, send)
+            return
+        # Quart reads again (the cursor stays expired) and answers the 412.
+        self._polls.passed_on += 1
+        await self._quart_app(scope, receive, send)
+
+    async def _respond(self, hub: Hub, poll: _Poll, answer: HubRead, send: Any) -> None:
+        """The 200 with events, or the 204 of a poll that is caught up (``app._answer``)."""
+        cursor = str(answer.next_cursor).encode()
+        if not answer.events and answer.known:
+            headers = [(b"x-bezant-cursor", cursor), _HTML, _NO_BODY]
+            await self._send(poll.route, 204, headers, b"", send)
+        else:
+            body = events_body(answer, hub.reset_epoch)
+            headers = [(b"x-bezant-cursor", cursor), _JSON, _length(body)]
+            await self._send(poll.route, 200, headers, body, send)
+
+    async def _send(
+        self, route: str, status: int, headers: list[tuple[bytes, bytes]], body: bytes, send: Any
+    ) -> None:
+        polls = self._polls
+        polls.answered += 1
+        for observe in polls.observers:
+            observe(route, "GET", status)
+        # Not under a timeout, unlike Quart's RESPONSE_TIMEOUT: Hypercorn shields
+        # its socket writes, and TCP_USER_TIMEOUT drops a stalled reader (server.py).
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _length(body: bytes) -> tuple[bytes, bytes]:
+    return (b"content-length", b"%d" % len(body))
+
+
+async def _cancel_on_disconnect(
+    receive: Any, received: list[Any], request: trio.CancelScope, watching: trio.CancelScope
+) -> None:
+    with watching:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                request.cancel()
+                return
+            received.append(message)  # replayed to Quart if the poll goes there after all
+
+
+def _replaying(received: list[Any], receive: Any) -> Any:
+    """``receive`` that first gives back the messages the watcher took."""
+    if not received:
+        return receive
+
+    async def replay() -> Any:
+        if received:
+            return received.pop(0)
+        return await receive()
+
+    return replay
+
+
+def _query(raw: bytes) -> dict[str, str] | None:
+    """The query as werkzeug's ``request.args.get`` sees it (first value wins), or None.
+
+    Only for plain ASCII with no ``%`` or ``+``: then no decoding is needed and
+    splitting matches ``urllib.parse.parse_qsl(keep_blank_values=True)``.
+    Anything else is left to Quart.
+    """
+    if not raw:
+        return {}
+    if not raw.isascii() or b"%" in raw or b"+" in raw:
+        return None
+    query: dict[str, str] = {}
+    for field in raw.decode("ascii").split("&"):
+        if field:
+            name, _, value = field.partition("=")
+            query.setdefault(name, value)
+    return query
