@@ -211,6 +211,9 @@ BAD_QUERIES = [
     ("/events/marketdata?conid=-5", "invalid_query", "conid"),
     ("/events/marketdata?conid=abc", "invalid_query", "conid"),
     ("/events/Orders", "invalid_topic", "topic"),
+    # A trailing newline once slipped past the topic pattern's `$`.
+    ("/events/orders%0A", "invalid_topic", "topic"),
+    ("/events/orders%0A/history?since_cursor=0", "invalid_topic", "topic"),
     ("/events/orders/history?since_ts=yesterday", None, None),
 ]
 

@@ -18,7 +18,6 @@ Reads the hub only; never imports the connector.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,7 @@ import orjson
 import trio
 
 from bezant_trio.http.errors import UNAUTHORIZED_MESSAGE, ApiError
-from bezant_trio.http.params import bearer_matches, conid_of, parse_int
+from bezant_trio.http.params import TOPIC_RE, bearer_matches, conid_of, parse_int
 from bezant_trio.http.poll import PollArgs, events_body, poll_args, should_wait, wait_and_read
 from bezant_trio.store.hub import Hub, HubRead, TooManyConids, marketdata_topic
 
@@ -42,8 +41,6 @@ __all__ = ["FastPolls"]
 TOPIC_ROUTE = "/events/<topic>"
 MARKETDATA_ROUTE = "/events/marketdata"
 
-#: ``params.TOPIC_RE`` as a full match: its ``$`` would also accept a trailing newline.
-_TOPIC = re.compile(r"[a-z][a-z0-9_]{0,31}(?::[A-Za-z0-9_.\-]{1,64})?")
 #: A request carrying any of these goes to Quart, which knows how to drain a body.
 _BODY_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect"))
 # Quart's headers for these answers, in its order (the tests compare them with Quart's).
@@ -130,7 +127,7 @@ class _FastPollApp:
         name = path[8:]
         if name == "marketdata":
             route = MARKETDATA_ROUTE
-        elif _TOPIC.fullmatch(name) is not None:
+        elif TOPIC_RE.match(name) is not None:
             route = TOPIC_ROUTE
         else:
             return None  # another route, or a bad topic

@@ -16,7 +16,8 @@ from bezant_trio.http.errors import ApiError
 __all__ = ["TOPIC_RE", "bearer_matches", "check_topic", "conid_of", "int_arg", "parse_int"]
 
 #: Topic names: a family, optionally ``:`` and a key (``marketdata:265598``).
-TOPIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}(:[A-Za-z0-9_.\-]{1,64})?$")
+#: ``\Z``, not ``$``: ``$`` also matches before a trailing newline ("orders\n").
+TOPIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}(:[A-Za-z0-9_.\-]{1,64})?\Z")
 
 
 def check_topic(topic: str) -> None:
