@@ -72,7 +72,11 @@ log = logging.getLogger(__name__)
 
 #: The entry-point group plugins (and the built-in sinks) are published under.
 ENTRY_POINT_GROUP = hookspecs.hookimpl.project_name
-DEFAULT_BATCH_SIZE = 100
+#: Events per ``deliver`` call, at most: whatever is ready, up to this. Each
+#: call is a POST or an fsync for the built-in sinks, so a busy topic costs 10x
+#: fewer of them than at 100 (bench/ANALYSIS.md, P11); an idle one still
+#: delivers each event at once.
+DEFAULT_BATCH_SIZE = 1000
 MAX_BATCH_SIZE = 10_000
 #: Seconds: the first retry delay, and the cap of the exponential backoff.
 DEFAULT_RETRY = (1.0, 60.0)
@@ -483,7 +487,10 @@ class _SinkRunner:
             if self.hub.closing:
                 # hub.wait returns at once while closing: do not spin.
                 await trio.sleep_forever()
-            await self.hub.wait(topic, seen, math.inf)
+            # A batch-sized limit lets the hub pace wake-ups of a hot topic
+            # (at most one per WAKE_INTERVAL), so a burst is delivered in
+            # batches rather than one call per event; a quiet topic wakes at once.
+            await self.hub.wait(topic, seen, math.inf, limit=self.spec.batch_size)
             head = self.hub.head(topic)
             if head != seen:
                 seen = head
