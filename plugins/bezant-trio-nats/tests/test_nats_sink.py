@@ -206,7 +206,9 @@ async def test_nothing_is_stored_twice_across_a_nats_restart(
         with trio.fail_after(30):
             await sink.deliver(batch[:12])
             await nats_server.kill()
-            with pytest.raises(Exception, match=r"connection lost|cannot connect|connection closed"):
+            with pytest.raises(
+                Exception, match=r"connection lost|cannot connect|connection closed"
+            ):
                 await sink.deliver(batch)
             await nats_server.start()
             await sink.deliver(batch)  # the same batch again, as the manager retries it

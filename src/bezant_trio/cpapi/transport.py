@@ -25,6 +25,7 @@ on the gateway, still subscribed.
 
 from __future__ import annotations
 
+import logging
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -55,6 +56,8 @@ __all__ = [
     "WsprotoTransport",
     "open_transport",
 ]
+
+log = logging.getLogger(__name__)
 
 #: The ``gateway.websocket_client`` choices.
 CLIENTS = ("wsproto", "trio-websocket")
@@ -208,12 +211,13 @@ class WsprotoTransport:
             await self._send_bytes(self._ws.send(CloseConnection(code=code, reason=reason[:100])))
 
     async def _send_bytes(self, data: bytes) -> None:
-        """Best effort: a broken socket shows up on the next read."""
+        """Best effort (a pong, a close): a broken socket shows up on the next read,
+        which still returns what the kernel had buffered before it broke."""
         try:
             async with self._send_lock:
                 await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.debug("websocket control frame not sent: %s", exc)
 
     async def send(self, text: str) -> None:
         if self._closed is not None:
