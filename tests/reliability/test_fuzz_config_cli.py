@@ -1,6 +1,6 @@
 """Config fuzzing through the real command line: a valid config, or exit 2 with one line.
 
-``tests/test_config.py`` fuzzes the loader in-process; this runs a seeded
+``tests/config/test_config.py`` fuzzes the loader in-process; this runs a seeded
 handful of random YAML documents (near-valid ones, hostile ones, plain junk)
 through ``python -m bezant_trio check-config --config FILE`` and holds the
 process to its contract: exit 0 printing the effective config as JSON, or

@@ -115,7 +115,7 @@ def test_1000_generated_requests_no_5xx_and_every_response_conforms(daemon_url: 
         operation = result.ok()
         if operation.path.endswith("/stream"):
             # Server-Sent Events never end: not a request/response operation
-            # (tests/test_sse.py covers it).
+            # (tests/http/test_sse.py covers it).
             continue
         names = {p.name for p in operation.query}
         # Long-polls would park each request for up to 30 s; poll without waiting.

@@ -10,7 +10,7 @@ else goes to the Quart app unchanged: other routes and methods, anything it
 does not parse, and every error (400, 412, 429, 503) but one: the 401 for a
 wrong or missing token on these two routes. A token is checked once per
 request, in constant time (``params.bearer_matches``), so the layer that
-checked it gives the 401. ``tests/test_http_fastpath.py`` holds both paths to
+checked it gives the 401. ``tests/http/test_http_fastpath.py`` holds both paths to
 the same bytes.
 
 Reads the hub only; never imports the connector.

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 description of the HTTP surface, written by hand.
 
-``tests/test_openapi.py`` checks it against the app's routes and answers, so
+``tests/reliability/test_openapi_schemathesis.py`` checks it against the app's answers, so
 it stays truthful: every route, parameter and error code is listed here.
 """
 

@@ -26,7 +26,7 @@ from bezant_trio.config import (
     load_config,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIG = REPO_ROOT / "config.yaml"
 
 
