@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,10 +51,6 @@ _BATCH_FRAMES = 512
 # Control items bypass the stall gate: a stalled gateway still answers pings
 # and can still be told to close.
 _CONTROL_KINDS = frozenset({"close", "pong"})
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(slots=True, eq=False)
@@ -105,7 +100,7 @@ class WsConnection:
         self.ready = False
         #: True once the connection must receive nothing new (dropping, closing, closed).
         self.closing = False
-        self.opened_at_ms = _now_ms()
+        self.opened_at_ms = frames.now_ms()
         self.closed_at_ms: int | None = None
         self.close_reason: str | None = None
         self.drop_mode: str | None = None
@@ -252,7 +247,7 @@ class WsConnection:
         finally:
             self.closing = True
             self.ready = False
-            self.closed_at_ms = _now_ms()
+            self.closed_at_ms = frames.now_ms()
             self._send_channel.close()
             with trio.CancelScope(shield=True):
                 await self._close_transport()
@@ -301,7 +296,7 @@ class WsConnection:
                 # A configure() call restarts the timer with the new interval.
                 await changed.wait()
             if timer.cancelled_caught and not sim.stalled:
-                await self.send_json(frames.heartbeat_frame(_now_ms()))
+                await self.send_json(frames.heartbeat_frame(frames.now_ms()))
 
     async def _run_writer(self) -> None:
         sim = self._sim
@@ -468,7 +463,7 @@ class WsConnection:
             self.account_channels[command.channel] = command.kind == "subscribe"
             return "accepted"
         if command.kind == "echo":
-            await self.send_json({"topic": "ech", "hb": _now_ms()})
+            await self.send_json({"topic": "ech", "hb": frames.now_ms()})
             return "accepted"
         if command.kind == "tic":
             return "ignored"

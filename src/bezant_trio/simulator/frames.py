@@ -12,6 +12,7 @@ This module mirrors the real gateway, not the daemon's classifier in
 from __future__ import annotations
 
 import secrets
+import time
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ __all__ = [
     "marketdata_channel",
     "marketdata_frame",
     "new_session_id",
+    "now_ms",
     "order_frame",
     "parse_command",
     "parse_session_cookie",
@@ -60,6 +62,11 @@ _VERB_TO_CHANNEL: dict[str, tuple[str, bool]] = {
     for channel, verbs in ACCOUNT_CHANNELS.items()
     for verb in verbs
 }
+
+
+def now_ms() -> int:
+    """Wall-clock time in Unix milliseconds, the unit of every gateway timestamp."""
+    return int(time.time() * 1000)
 
 
 def new_session_id() -> str:
