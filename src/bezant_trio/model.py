@@ -1,4 +1,4 @@
-"""Pure data: events, gap reasons, timestamps. No I/O lives here.
+"""Pure data: events, gap reasons, timestamps, the topic grammar. No I/O lives here.
 
 An :class:`Event` is encoded to its wire JSON exactly once, when it is
 published; every HTTP response, SSE frame, sink and log row reuses those bytes.
@@ -15,15 +15,87 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "ACCOUNT_SUMMARY_FAMILY",
+    "BARS_FAMILY",
+    "BOOK_FAMILY",
     "GAP_TOPIC",
+    "LEDGER_FAMILY",
+    "MARKETDATA_FAMILY",
+    "SYSTEM_TOPIC",
     "Event",
     "GapReason",
+    "account_summary_topic",
+    "bars_topic",
+    "book_topic",
+    "conid_of",
     "encode_payload",
     "format_ts",
+    "ledger_topic",
+    "marketdata_topic",
     "parse_ts",
+    "topic_family",
 ]
 
 GAP_TOPIC = "gap"
+#: Topicless gateway frames and non-heartbeat ``system`` frames are captured here.
+SYSTEM_TOPIC = "system"
+MARKETDATA_FAMILY = "marketdata"
+BARS_FAMILY = "bars"
+BOOK_FAMILY = "book"
+ACCOUNT_SUMMARY_FAMILY = "account_summary"
+LEDGER_FAMILY = "ledger"
+# The key after ``:`` in a topic name (docs/architecture.md, topics): what an
+# account id must look like to become part of one.
+_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+# --------------------------------------------------------------- topic grammar
+
+
+def marketdata_topic(conid: int) -> str:
+    """``marketdata:<conid>``: where ``smd+<conid>`` frames are captured."""
+    return f"{MARKETDATA_FAMILY}:{conid}"
+
+
+def bars_topic(conid: int) -> str:
+    """``bars:<conid>``: where ``smh+<conid>`` (streaming bars) frames are captured."""
+    return f"{BARS_FAMILY}:{conid}"
+
+
+def book_topic(conid: int) -> str:
+    """``book:<conid>``: where ``sbd`` (BookTrader price ladder) frames are captured."""
+    return f"{BOOK_FAMILY}:{conid}"
+
+
+def _account_topic(family: str, account: str | None) -> str:
+    if account and len(account) <= 64 and _KEY_CHARS.issuperset(account):
+        return f"{family}:{account}"
+    return family
+
+
+def account_summary_topic(account: str | None = None) -> str:
+    """``account_summary``, or ``account_summary:<account>`` when several accounts are captured."""
+    return _account_topic(ACCOUNT_SUMMARY_FAMILY, account)
+
+
+def ledger_topic(account: str | None = None) -> str:
+    """``ledger``, or ``ledger:<account>`` when several accounts are captured."""
+    return _account_topic(LEDGER_FAMILY, account)
+
+
+def topic_family(topic: str) -> str:
+    """The part before ``:`` (``marketdata`` for ``marketdata:265598``)."""
+    return topic.partition(":")[0]
+
+
+def conid_of(topic: str) -> int | None:
+    """The conid of a per-instrument topic (``marketdata:``, ``bars:``, ``book:``), else None."""
+    family, _, key = topic.partition(":")
+    if family not in (MARKETDATA_FAMILY, BARS_FAMILY, BOOK_FAMILY):
+        return None
+    if key.isascii() and key.isdigit() and 0 < int(key) < 2**63:
+        return int(key)
+    return None
 
 
 class GapReason(enum.StrEnum):

@@ -24,9 +24,13 @@ _SETTINGS = settings(max_examples=3000, deadline=None, suppress_health_check=[He
 
 _TOPICS = st.one_of(
     st.sampled_from(
-        ["sor", "spl", "str", "system", "sts", "ech", "tic", "act", "ntf", "blt", "smd+265598"]
+        [
+            *("sor", "spl", "str", "system", "sts", "ech", "tic", "act", "ntf", "blt"),
+            *("smd+265598", "smh+265598", "sbd+DU1+265598", "ssd+DU1", "sld+DU1"),
+        ]
     ),
     st.text(max_size=20).map(lambda s: "smd+" + s),
+    st.text(max_size=20).map(lambda s: "sbd+" + s),
     st.text(max_size=40),
     st.integers(min_value=-(2**63), max_value=2**64 - 1),
     st.none(),
@@ -51,9 +55,12 @@ _JSON = st.recursive(
 def _check(frame: Frame) -> None:
     assert isinstance(frame, Frame) and isinstance(frame.kind, FrameKind)
     if frame.kind is FrameKind.EVENT:
-        # What gets captured is a topic name and the frame's own bytes, as JSON.
         assert isinstance(frame.topic, str) and frame.topic
+    if frame.topic is not None:
+        # What gets captured is a topic name and the frame's own bytes, as JSON.
         assert isinstance(orjson.loads(frame.payload_json), dict)
+    if frame.kind in (FrameKind.HEARTBEAT, FrameKind.ECHO):
+        assert frame.topic is None
 
 
 @_SETTINGS

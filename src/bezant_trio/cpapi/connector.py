@@ -365,31 +365,38 @@ class Connector:
                 frame = classify(message, capture_other=capture_other)
                 kind = frame.kind
                 frames[kind] += 1
-                if kind is event_kind:
-                    publish(frame.topic, frame.payload_json)  # type: ignore[arg-type]
+                # Every frame with a topic is captured, control frames too (the
+                # greeting, Unsubscribed notices, sts) so a consumer sees them in
+                # order with the rest; then the connector acts on its kind.
+                topic = frame.topic
+                if topic is not None:
+                    publish(topic, frame.payload_json)  # type: ignore[arg-type]
                     if hub.backpressure:
                         await hub.wait_writable()
-                else:
+                if kind is not event_kind:
                     await self._on_control(ws, frame, message, session_id)
 
     async def _on_control(
         self, ws: Transport, frame: Frame, message: str | bytes, session_id: str
     ) -> None:
-        """Everything but a data event: ready, heartbeats, sts, session, errors."""
+        """Everything but a data event: ready, the echo, sts, session, errors."""
         kind = frame.kind
         if kind is FrameKind.READY:
             self._on_ready()
             if self._subscribed_early:
                 # Our subscriptions went out before ready and were dropped.
                 await self._subscribe_all(ws)
-        elif kind is FrameKind.HEARTBEAT:
+        elif kind is FrameKind.ECHO:
+            # The gateway answers ech+hb with the raw text "ech+hb", in order
+            # with everything else: once it is back, nothing subscribed before
+            # the drain's unsubscribes can follow.
             barrier = self._barrier
-            if barrier is not None and frame.data and frame.data.get("topic") == "ech":
-                barrier.set()  # the drain's echo: nothing subscribed can follow
+            if barrier is not None:
+                barrier.set()
         elif kind is FrameKind.AUTH_LOST:
-            if frame.topic is not None:
-                self.hub.publish_json(frame.topic, frame.payload_json)  # type: ignore[arg-type]
             self.drain_connection("sts: the gateway reports authenticated=false")
+        elif kind is FrameKind.COMPETING:
+            log.warning("gateway sts: another login competes for the brokerage session")
         elif kind is FrameKind.WAITING_SESSION:
             await self._send(ws, orjson.dumps({"session": session_id}).decode())
         elif kind is FrameKind.ERROR:
