@@ -78,18 +78,21 @@ async def receive(ws: WebSocketConnection) -> Any:
 
 
 async def receive_ready(ws: WebSocketConnection) -> None:
-    """Consume the ready sequence: system/success, then act, then sts."""
+    """Consume the ready sequence: system/success, then act, then sts (corpus: ready-sequence)."""
     assert await receive(ws) == {
         "topic": "system",
         "success": "simuser",
         "isFT": False,
         "isPaper": True,
     }
-    assert await receive(ws) == {
-        "topic": "act",
-        "args": {"accounts": ["DU1234"], "selectedAccount": "DU1234"},
-    }
-    assert await receive(ws) == {"topic": "sts", "args": {"authenticated": True}}
+    act = await receive(ws)
+    assert act["topic"] == "act"
+    assert act["args"]["accounts"] == ["DU1234"] and act["args"]["selectedAccount"] == "DU1234"
+    assert act["args"]["isPaper"] is True and "serverInfo" in act["args"]
+    sts = await receive(ws)
+    assert sts["topic"] == "sts"
+    assert sts["args"]["authenticated"] is True and sts["args"]["competing"] is False
+    assert sts["args"]["username"] == "simuser"
 
 
 @asynccontextmanager
@@ -138,6 +141,7 @@ def test_commands_parse_like_the_gateway_reads_them() -> None:
     assert parse_command('{"session":"abc"}').session == "abc"
     assert parse_command("ech+hb").kind == "echo"
     assert parse_command("tic").kind == "tic"
+    assert (parse_command("utr").kind, parse_command("utr").channel) == ("unsubscribe", "trades")
     assert parse_command("xyz+{}").kind == "unknown"
     assert parse_command("smd+notanumber+{}").kind == "unknown"
 
@@ -265,24 +269,29 @@ async def test_stream_frames_carry_increasing_seqs_and_reach_only_subscribers(
             assert channels[f"marketdata:{CONID}"]["written_count"] == 2
 
 
-async def test_umd_stops_market_data_and_is_acknowledged(sim: GatewaySimulator) -> None:
+async def test_umd_stops_market_data_without_an_answer(sim: GatewaySimulator) -> None:
+    # corpus: behaviour.jsonl umd-no-answer
     with trio.fail_after(10):
         async with ready_client(sim, f"smd+{CONID}+{{}}") as ws:
             assert await sim.emit_marketdata(CONID, 1) == [1]
             assert (await receive(ws))["seq"] == 1
             await ws.send_message(f"umd+{CONID}+{{}}")
-            assert await receive(ws) == {"message": "Unsubscribed q0"}
+            await sim.wait_for(lambda s: s.commands[-1]["text"].startswith("umd"))
             assert await sim.emit_marketdata(CONID, 1) == []
             await assert_next_is_marker(sim, ws)
             assert sim.state()["connections"][0]["subscriptions"]["marketdata"] == []
 
 
-async def test_echo_is_answered_and_tic_ignored(sim: GatewaySimulator) -> None:
+async def test_echo_is_the_raw_text_and_tic_is_answered_four_times(sim: GatewaySimulator) -> None:
+    # corpus: ws_system.jsonl echo-raw-text, behaviour.jsonl tic-answered-four-times
     with trio.fail_after(10):
         async with ready_client(sim, "tic", "ech+hb") as ws:
-            reply = await receive(ws)
-            assert reply["topic"] == "ech" and isinstance(reply["hb"], int)
-            assert [c["result"] for c in sim.commands] == ["ignored", "accepted"]
+            tics = [await receive(ws) for _ in range(4)]
+            assert all(t == tics[0] for t in tics)
+            assert tics[0]["topic"] == "tic" and tics[0]["alive"] is True
+            assert tics[0]["id"] == sim.session and isinstance(tics[0]["lastAccessed"], int)
+            assert await ws.get_message() == "ech+hb"
+            assert [c["result"] for c in sim.commands] == ["accepted", "accepted"]
 
 
 # ----------------------------------------------------------------------- faults

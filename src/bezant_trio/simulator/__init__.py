@@ -7,8 +7,9 @@ Portal gateway. Start one in-process with::
         ...  # sim.base_url, sim.ws_url, sim.emit_orders(3), sim.drop_connections()
 
 or out of process with ``bezant-trio simulate --port 0`` and drive it over
-``/sim/...``. The simulator is the *other* side of the wire: it imports
-nothing from ``bezant_trio.cpapi``.
+``/sim/...``. Its defaults follow the frame corpus (``simulator.corpus``);
+``--replay FILE.jsonl`` plays a recorded session instead. The simulator is the
+*other* side of the wire: it imports nothing from ``bezant_trio.cpapi``.
 """
 
 from __future__ import annotations
@@ -23,13 +24,18 @@ from bezant_trio.simulator.gateway import (
     open_simulator,
 )
 from bezant_trio.simulator.ledger import SeqRanges
+from bezant_trio.simulator.replay import ReplaySession, SessionFormatError
+from bezant_trio.simulator.truth import AccountTruth
 
 __all__ = [
     "DROP_MODES",
     "STREAM_CHANNELS",
+    "AccountTruth",
     "BurstResult",
     "GatewaySimulator",
+    "ReplaySession",
     "SeqRanges",
+    "SessionFormatError",
     "SimulatorError",
     "SimulatorTimeout",
     "open_simulator",

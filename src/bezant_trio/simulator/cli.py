@@ -2,7 +2,9 @@
 
 Prints exactly one line to stdout once listening, the REST base URL, so a
 parent process can read it to find a port chosen with ``--port 0``. Anything
-else (the CA path under TLS) goes to stderr.
+else (the CA path under TLS) goes to stderr. ``--replay FILE.jsonl`` plays a
+recorded session (``bezant-trio record``) into whoever connects instead of
+simulating streams.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import trio
 
 from bezant_trio.simulator.gateway import STREAM_CHANNELS, GatewaySimulator
+from bezant_trio.simulator.replay import ReplaySession, SessionFormatError
 
 __all__ = ["build_parser", "parse_rate", "run_cli", "serve_simulator"]
 
@@ -73,6 +76,22 @@ def build_parser(prog: str = "bezant-trio simulate") -> argparse.ArgumentParser:
     parser.add_argument(
         "--ca-out", type=Path, default=None, help="write the CA certificate PEM here (TLS)"
     )
+    parser.add_argument(
+        "--marketdata-expiry",
+        type=float,
+        default=600.0,
+        help="seconds after an smd that the gateway ends the stream; 0 never (default 600)",
+    )
+    parser.add_argument(
+        "--replay",
+        type=Path,
+        default=None,
+        metavar="FILE.jsonl",
+        help="play this recorded session (bezant-trio record) into every WebSocket",
+    )
+    parser.add_argument(
+        "--replay-speed", type=float, default=1.0, help="replay time factor (2: twice as fast)"
+    )
     return parser
 
 
@@ -86,6 +105,8 @@ async def serve_simulator(
     ready_delay: float = 0.05,
     binary_frames: bool = False,
     ca_pem_path: Path | None = None,
+    marketdata_expiry: float | None = 600.0,
+    replay: ReplaySession | None = None,
     task_status: trio.TaskStatus[GatewaySimulator] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a simulator until cancelled, announcing its base URL on stdout."""
@@ -98,6 +119,8 @@ async def serve_simulator(
         ready_delay=ready_delay,
         binary_frames=binary_frames,
         ca_pem_path=ca_pem_path,
+        marketdata_expiry=marketdata_expiry,
+        replay=replay,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(sim.run)
@@ -107,7 +130,7 @@ async def serve_simulator(
         task_status.started(sim)
 
 
-async def _serve_until_signal(args: argparse.Namespace) -> None:
+async def _serve_until_signal(args: argparse.Namespace, replay: ReplaySession | None) -> None:
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             nursery.start_soon(
@@ -120,6 +143,8 @@ async def _serve_until_signal(args: argparse.Namespace) -> None:
                     ready_delay=args.ready_delay,
                     binary_frames=args.binary_frames,
                     ca_pem_path=args.ca_out,
+                    marketdata_expiry=args.marketdata_expiry or None,
+                    replay=replay,
                 )
             )
             async for _ in signals:
@@ -136,16 +161,24 @@ def _leaf_errors(error: BaseException) -> list[BaseException]:
 def run_cli(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and serve until SIGINT/SIGTERM; the process exit status.
 
-    0 after a signal, 1 if the port cannot be bound, 2 for bad arguments.
+    0 after a signal, 1 if the port cannot be bound, 2 for bad arguments or
+    a session file that cannot be replayed.
     """
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         # argparse exits after printing usage or --help; callers want a status.
         return exc.code if isinstance(exc.code, int) else 2
+    replay = None
+    if args.replay is not None:
+        try:
+            replay = ReplaySession.load(args.replay, speed=args.replay_speed)
+        except (SessionFormatError, ValueError) as exc:
+            print(f"bezant-trio simulate: --replay: {exc}", file=sys.stderr)
+            return 2
     failures: list[BaseException] = []
     try:
-        trio.run(_serve_until_signal, args)
+        trio.run(_serve_until_signal, args, replay)
     except* OSError as group:
         # Nurseries wrap errors in (nested) groups; a bind failure is the one
         # expected here, reported as one line rather than a traceback.

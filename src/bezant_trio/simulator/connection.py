@@ -1,4 +1,4 @@
-"""One simulated-gateway WebSocket connection: reader, writer, heartbeats.
+"""One simulated-gateway WebSocket connection: reader, writer, heartbeats, subscriptions.
 
 The connection owns its transport after the HTTP upgrade. Everything it sends
 goes through one bounded queue drained by one writer task, so a slow or dead
@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +92,7 @@ class WsConnection:
         tls: bool,
         session_ok: bool,
         queue_size: int,
+        silent: bool = False,
     ) -> None:
         self.id = conn_id
         self.peer = peer
@@ -104,9 +106,31 @@ class WsConnection:
         self.closed_at_ms: int | None = None
         self.close_reason: str | None = None
         self.drop_mode: str | None = None
+        #: Accepted the upgrade and says nothing, ever (the real gateway with its
+        #: upstream unreachable; corpus: behaviour.jsonl offline-websocket-silent).
+        self.silent = silent
+        #: Replaces the simulated gateway for this connection (a recorded
+        #: session's player, ``replay.py``): runs instead of the ready sequence.
+        self.script: Callable[[WsConnection], Awaitable[None]] | None = None
         self.account_channels: dict[str, bool] = dict.fromkeys(frames.ACCOUNT_CHANNELS, False)
         #: conid -> requested fields
         self.marketdata: dict[int, tuple[str, ...]] = {}
+        #: conid -> trio time of the last smd: the gateway ends a market-data
+        #: stream 10 minutes after it (corpus: smd-expires-after-10-minutes).
+        self.marketdata_since: dict[int, float] = {}
+        #: conid -> the field values this connection was last sent, so the next
+        #: frame carries only what changed (corpus: smd-deltas-only-changed).
+        self.quote_sent: dict[int, dict[str, Any]] = {}
+        #: Accounts with an ``ssd`` / ``sld`` subscription.
+        self.summary_accounts: set[str] = set()
+        self.ledger_accounts: set[str] = set()
+        #: Accounts whose summary has had its first (every-key) frame.
+        self.summary_started: set[str] = set()
+        #: conid -> serverId of its ``smh`` subscription.
+        self.bars: dict[int, str] = {}
+        #: account -> conid of its ``sbd`` price ladder.
+        self.book: dict[str, int] = {}
+        self.marketdata_expired = 0
         self.dropped_before_ready = 0
         self.commands_received = 0
         self.frames_written = 0
@@ -134,9 +158,37 @@ class WsConnection:
         """Whether a frame of sequence ``channel`` should go to this connection now."""
         if self.closing or not self.ready:
             return False
-        if channel.startswith("marketdata:"):
-            return int(channel.partition(":")[2]) in self.marketdata
-        return self.account_channels.get(channel, False)
+        family, _, key = channel.partition(":")
+        if not key:
+            return self.account_channels.get(channel, False)
+        if family == "marketdata":
+            return self._marketdata_live(int(key))
+        if family == "account_summary":
+            return key in self.summary_accounts
+        if family == "ledger":
+            return key in self.ledger_accounts
+        if family == "bars":
+            return int(key) in self.bars
+        if family == "book":
+            return int(key) in self.book.values()
+        return False
+
+    def _marketdata_live(self, conid: int) -> bool:
+        if conid not in self.marketdata:
+            return False
+        expiry = self._sim.marketdata_expiry
+        if expiry is not None and trio.current_time() - self.marketdata_since[conid] >= expiry:
+            # The gateway drops the stream without a word; the client must
+            # send smd again (corpus: behaviour.jsonl smd-expires-after-10-minutes).
+            self._drop_marketdata(conid)
+            self.marketdata_expired += 1
+            return False
+        return True
+
+    def _drop_marketdata(self, conid: int) -> bool:
+        self.marketdata_since.pop(conid, None)
+        self.quote_sent.pop(conid, None)
+        return self.marketdata.pop(conid, None) is not None
 
     def describe(self) -> dict[str, Any]:
         """This connection's entry in ``GET /sim/state``."""
@@ -146,14 +198,22 @@ class WsConnection:
             "tls": self.tls,
             "session_ok": self.session_ok,
             "ready": self.ready,
+            "silent": self.silent,
             "closing": self.closing,
             "opened_at_ms": self.opened_at_ms,
             "closed_at_ms": self.closed_at_ms,
             "close_reason": self.close_reason,
             "subscriptions": {
                 **self.account_channels,
-                "marketdata": sorted(self.marketdata),
+                "marketdata": sorted(
+                    conid for conid in list(self.marketdata) if self._marketdata_live(conid)
+                ),
+                "account_summary": sorted(self.summary_accounts),
+                "ledger": sorted(self.ledger_accounts),
+                "bars": {str(conid): server_id for conid, server_id in sorted(self.bars.items())},
+                "book": dict(sorted(self.book.items())),
             },
+            "marketdata_expired": self.marketdata_expired,
             "marketdata_fields": {
                 str(conid): list(fields) for conid, fields in sorted(self.marketdata.items())
             },
@@ -238,7 +298,11 @@ class WsConnection:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._run_writer)
-                    if self.session_ok:
+                    if self.silent:
+                        pass  # not a word, not even "waiting for session"
+                    elif self.script is not None:
+                        nursery.start_soon(self.script, self)
+                    elif self.session_ok:
                         nursery.start_soon(self._become_ready)
                     else:
                         await self.send_json(frames.waiting_for_session_frame())
@@ -277,11 +341,22 @@ class WsConnection:
         await trio.aclose_forcefully(self._raw_stream)
 
     async def _become_ready(self) -> None:
-        """Send the ready sequence after ``ready_delay``, then heartbeat forever."""
-        await trio.sleep(self._sim.ready_delay)
-        await self.send_json(frames.system_ready_frame(), marks_ready=True)
-        await self.send_json(frames.account_frame())
-        await self.send_json(frames.auth_status_frame(authenticated=self._sim.authenticated))
+        """Send the ready sequence after ``ready_delay``, then heartbeat forever.
+
+        Greeting, then ``act``, then ``sts`` (corpus: behaviour.jsonl
+        ready-sequence). While the brokerage session is down there is no
+        greeting, only ``sts`` saying so (corpus: sts-authenticated-false).
+        """
+        sim = self._sim
+        await trio.sleep(sim.ready_delay)
+        if not sim.brokerage_up:
+            await self.send_json(frames.auth_status_frame(authenticated=False))
+        else:
+            await self.send_json(frames.system_ready_frame(), marks_ready=True)
+            await self.send_json(frames.account_frame(sim.session))
+            await self.send_json(
+                frames.ready_status_frame(authenticated=True, competing=sim.competing)
+            )
         await self._run_heartbeats()
 
     async def _run_heartbeats(self) -> None:
@@ -407,8 +482,15 @@ class WsConnection:
                     size = sum(len(part) for part in parts)
                     self._sim._record_command(self, f"<binary {size} bytes>", "ignored")
         elif isinstance(event, Ping):
-            await self._put(Outgoing("pong", bytes(event.payload)))
+            if not self.silent:
+                await self._put(Outgoing("pong", bytes(event.payload)))
         elif isinstance(event, CloseConnection):
+            if self.silent:
+                # The silent real gateway drops TCP instead of answering the
+                # close (corpus: behaviour.jsonl offline-websocket-silent).
+                self.close_reason = self.close_reason or "client closed; silent: no close reply"
+                self.abort("client closed a silent connection")
+                return True
             self.close_reason = self.close_reason or f"client closed WebSocket ({event.code})"
             self.closing = True
             if self._ws.state is ConnectionState.CLOSED:
@@ -432,6 +514,12 @@ class WsConnection:
     async def _apply(self, command: frames.Command) -> str:
         """Act on one client command; returns its result for the command log."""
         sim = self._sim
+        if self.silent:
+            return "ignored_silent"
+        if self.script is not None and command.kind not in ("echo", "tic"):
+            # A replayed session plays what was recorded, whatever is asked;
+            # pings are still answered, so a client's drain barrier works.
+            return "ignored_replay"
         if command.kind == "session":
             if self.session_ok:
                 return "ignored"
@@ -441,30 +529,89 @@ class WsConnection:
             assert self._nursery is not None
             self._nursery.start_soon(self._become_ready)
             return "session"
+        if command.kind == "echo":
+            # The echo is the raw text "ech+hb", whatever the frame mode
+            # (corpus: ws_system.jsonl echo-raw-text).
+            await self.enqueue(Outgoing("text", frames.ECHO_TEXT))
+            return "accepted"
+        if command.kind == "tic":
+            # Answered four times, identically (corpus: tic-answered-four-times).
+            answer = frames.tic_frame(sim.session, frames.now_ms())
+            for _ in range(sim.tic_answers):
+                await self.send_json(answer)
+            return "accepted"
         if command.is_subscription and not self.ready:
             # The gateway quirk the daemon must cope with: silently dropped.
             self.dropped_before_ready += 1
             sim._dropped_before_ready += 1
             return "dropped_before_ready"
-        if command.kind == "subscribe" and command.channel == "marketdata":
-            assert command.conid is not None and command.fields is not None
-            self.marketdata[command.conid] = command.fields
-            sim._register_marketdata(command.conid, command.fields)
-            return "accepted"
-        if command.kind == "unsubscribe" and command.channel == "marketdata":
-            assert command.conid is not None
-            if self.marketdata.pop(command.conid, None) is None:
-                return "not_subscribed"
-            server_id = sim._marketdata_server_id(command.conid)
-            await self.send_json(frames.unsubscribed_frame(server_id))
-            return "accepted"
         if command.is_subscription:
             assert command.channel is not None
-            self.account_channels[command.channel] = command.kind == "subscribe"
-            return "accepted"
-        if command.kind == "echo":
-            await self.send_json({"topic": "ech", "hb": frames.now_ms()})
-            return "accepted"
-        if command.kind == "tic":
-            return "ignored"
+            return await self._apply_subscription(command)
         return "unknown"
+
+    async def _apply_subscription(self, command: frames.Command) -> str:
+        sim = self._sim
+        subscribe = command.kind == "subscribe"
+        channel = command.channel
+        if channel == "marketdata":
+            conid = command.conid
+            assert conid is not None
+            if not subscribe:
+                # No answer to umd (corpus: behaviour.jsonl umd-no-answer).
+                return "accepted" if self._drop_marketdata(conid) else "not_subscribed"
+            assert command.fields is not None
+            if not self._marketdata_live(conid):
+                self.quote_sent.pop(conid, None)  # a new subscription starts with a full frame
+            self.marketdata[conid] = command.fields
+            self.marketdata_since[conid] = trio.current_time()
+            sim._register_marketdata(conid, command.fields)
+            return "accepted"
+        if channel in ("account_summary", "ledger"):
+            account = command.account
+            assert account is not None
+            accounts = (
+                self.summary_accounts if channel == "account_summary" else self.ledger_accounts
+            )
+            if subscribe:
+                accounts.add(account)
+                self.summary_started.discard(account)
+                sim._notify()
+                return "accepted"
+            if account not in accounts:
+                return "not_subscribed"
+            accounts.discard(account)
+            # Answered once (corpus: unsubscribed-from-summary / -ledger).
+            await self.send_json(
+                frames.summary_unsubscribed_frame()
+                if channel == "account_summary"
+                else frames.ledger_unsubscribed_frame()
+            )
+            return "accepted"
+        if channel == "bars":
+            if subscribe:
+                conid = command.conid
+                assert conid is not None
+                self.bars[conid] = sim._new_bars_server_id()
+                # smh answers once with the history (corpus: smh-answers-once).
+                await sim._send_bars_answer(self, conid)
+                return "accepted"
+            found = [c for c, server_id in self.bars.items() if server_id == command.server_id]
+            if not found:
+                return "not_subscribed"
+            del self.bars[found[0]]
+            assert command.server_id is not None
+            await self.send_json(frames.unsubscribed_frame(command.server_id))
+            return "accepted"
+        if channel == "book":
+            account = command.account
+            assert account is not None
+            if subscribe:
+                assert command.conid is not None
+                self.book[account] = command.conid
+                sim._notify()
+                return "accepted"
+            # No answer to ubd (corpus: IBKR Campus, Cancel Price Ladder Subscription).
+            return "accepted" if self.book.pop(account, None) is not None else "not_subscribed"
+        self.account_channels[channel] = subscribe
+        return "accepted"

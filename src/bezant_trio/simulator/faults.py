@@ -1,9 +1,17 @@
-"""The simulator's faults: drops, stalls, slow writes, restarts, auth flaps, bad frames.
+"""The simulator's faults: drops, stalls, slow writes, restarts, auth flaps, bad frames,
+and the states a real gateway is met in: hanging REST calls, a silent WebSocket,
+a brokerage session that is down, a competing login.
 
 :class:`FaultsMixin` is the part of
 :class:`~bezant_trio.simulator.gateway.GatewaySimulator` that misbehaves on
 purpose, the way real gateways and networks do, so the daemon's recovery can
 be tested. ``routes.py`` exposes the same operations under ``/sim/...``.
+
+Two logins are modelled apart, as the gateway keeps them: the gateway's own
+(``authenticated``; off means tickle 401, a person must log in) and the
+brokerage session behind it (``brokerage_up``; off means tickle answers 200
+with ``iserver.authStatus.authenticated: false`` until
+``POST /iserver/auth/ssodh/init``; corpus: rest.jsonl auth-status-down-captured).
 """
 
 from __future__ import annotations
@@ -43,8 +51,23 @@ class FaultsMixin(SimulatorCore):
         #: The session id ``/tickle`` returns and the WebSocket cookie must carry.
         self.session = frames.new_session_id()
         self.restarts = 0
+        #: False: the brokerage session is down (tickle says authenticated:false).
+        self.brokerage_up = True
+        #: True: another login holds the brokerage session.
+        self.competing = False
+        #: True: every ``/v1/api`` call is read and never answered, as the real
+        #: gateway does when it cannot reach IBKR (corpus: offline-rest-never-answers).
+        self.rest_hang = False
+        #: True: new WebSockets are accepted and never spoken to (corpus:
+        #: behaviour.jsonl offline-websocket-silent).
+        self.ws_silent = False
+        #: How many times the gateway answers one ``tic`` (corpus: tic-answered-four-times).
+        self.tic_answers = 4
+        self.ssodh_inits = 0
         self._unstalled = trio.Event()
         self._unstalled.set()
+        self._rest_released = trio.Event()
+        self._rest_released.set()
 
     async def _wait_unstalled(self) -> None:
         while self.stalled:
@@ -142,6 +165,74 @@ class FaultsMixin(SimulatorCore):
         self.stalled = False
         self._unstalled.set()
         self._notify()
+
+    def hang_rest(self, hang: bool = True) -> None:
+        """Read every ``/v1/api`` request and answer none (until ``hang_rest(False)``).
+
+        The real gateway with its upstream unreachable does this: no status
+        line, no headers, no body. Requests held when the hang ends are then
+        answered. ``/sim`` controls are never held.
+        """
+        self.rest_hang = hang
+        if hang and self._rest_released.is_set():
+            self._rest_released = trio.Event()
+        elif not hang:
+            self._rest_released.set()
+        self._notify()
+
+    async def _wait_rest_released(self) -> None:
+        while self.rest_hang:
+            await self._rest_released.wait()
+
+    def silence_websocket(self, silent: bool = True) -> None:
+        """Accept new WebSockets and never send them anything (no greeting, no echo).
+
+        Applies to connections opened from now on; a client's close is
+        answered by dropping TCP without a close frame, as the real one does.
+        """
+        self.ws_silent = silent
+        self._notify()
+
+    async def set_session_down(self, down: bool = True) -> int:
+        """Take the brokerage session down (or bring it up); open sockets hear ``sts``.
+
+        While down: tickle and ``/iserver/auth/status`` answer 200 with
+        ``authenticated: false``, new sockets get ``sts`` authenticated:false
+        instead of the greeting, until ``POST /iserver/auth/ssodh/init``.
+        Returns how many sockets were told.
+        """
+        self.brokerage_up = not down
+        self._notify()
+        if not down:
+            return 0
+        return await self.inject(frames.auth_status_frame(authenticated=False))
+
+    async def set_competing(self, competing: bool = True) -> int:
+        """Another login takes the brokerage session (``competing: true``).
+
+        The session goes down with it; open sockets hear ``sts`` with
+        authenticated:false and competing:true (corpus: ws_system.jsonl
+        sts-competing-lost). Only ``ssodh/init`` with ``compete: true`` takes
+        it back. Returns how many sockets were told.
+        """
+        self.competing = competing
+        if not competing:
+            self._notify()
+            return 0
+        self.brokerage_up = False
+        self._notify()
+        return await self.inject(frames.competing_frame())
+
+    def init_brokerage_session(self, *, compete: bool) -> bool:
+        """What ``POST /iserver/auth/ssodh/init`` does; whether the session is now up."""
+        self.ssodh_inits += 1
+        if self.competing and not compete:
+            self._notify()
+            return False
+        self.competing = False
+        self.brokerage_up = True
+        self._notify()
+        return True
 
     def set_authenticated(self, authenticated: bool) -> None:
         """Turn REST auth on/off: off makes tickle, auth/status and WS handshakes answer 401."""

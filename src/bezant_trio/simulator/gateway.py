@@ -20,6 +20,7 @@ import math
 import ssl
 import tempfile
 import urllib.parse
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -36,6 +37,7 @@ from bezant_trio.simulator.connection import WsConnection
 from bezant_trio.simulator.errors import SimulatorError, SimulatorTimeout
 from bezant_trio.simulator.faults import DROP_MODES, FaultsMixin
 from bezant_trio.simulator.httpserver import Request, Response, serve_http_connection
+from bezant_trio.simulator.replay import ReplaySession
 from bezant_trio.simulator.routes import dispatch
 from bezant_trio.simulator.streams import STREAM_CHANNELS, BurstResult, StreamsMixin
 
@@ -77,6 +79,9 @@ class GatewaySimulator(StreamsMixin, FaultsMixin):
         close_timeout: float = 2.0,
         command_log_size: int = 200,
         ca_pem_path: str | Path | None = None,
+        marketdata_expiry: float | None = 600.0,
+        duplicate_first_quote: bool = False,
+        replay: ReplaySession | None = None,
     ) -> None:
         super().__init__(
             queue_size=queue_size,
@@ -84,8 +89,19 @@ class GatewaySimulator(StreamsMixin, FaultsMixin):
             close_timeout=close_timeout,
             command_log_size=command_log_size,
         )
-        self._init_streams()
+        # 600 s: the gateway ends an smd stream 10 minutes after the request
+        # (corpus: behaviour.jsonl smd-expires-after-10-minutes).
+        self._init_streams(
+            marketdata_expiry=marketdata_expiry, duplicate_first_quote=duplicate_first_quote
+        )
         self._init_faults()
+        #: A recorded session played into every WebSocket instead of the
+        #: simulated streams (``replay.py``); None: simulate.
+        self.replay = replay
+        #: REST calls per endpoint (path after ``/v1/api``), for pacing checks.
+        self.rest_calls: Counter[str] = Counter()
+        #: The last REST calls: (trio time, method, path).
+        self.rest_log: deque[tuple[float, str, str]] = deque(maxlen=command_log_size)
         self.host = host
         self.tls = tls
         #: The bound port, set once :meth:`run` is listening.
@@ -212,6 +228,11 @@ class GatewaySimulator(StreamsMixin, FaultsMixin):
         """Answer one REST or ``/sim`` request (see ``routes.py``)."""
         return await dispatch(self, request)
 
+    def _count_rest(self, method: str, path: str) -> None:
+        self.rest_calls[path] += 1
+        self.rest_log.append((trio.current_time(), method, path))
+        self._notify()
+
     def websocket_rejection(self, request: Request) -> Response | None:
         """Refuse the upgrade when the path is wrong, the gateway is down or unauthenticated."""
         if request.path != WS_PATH:
@@ -238,7 +259,11 @@ class GatewaySimulator(StreamsMixin, FaultsMixin):
             tls=self.tls,
             session_ok=session == self.session,
             queue_size=self._queue_size,
+            silent=self.ws_silent,
         )
+        if self.replay is not None:
+            await self.replay.serve(self, connection)
+            return
         await connection.serve()
 
     # -------------------------------------------------------------- inspection
@@ -260,6 +285,14 @@ class GatewaySimulator(StreamsMixin, FaultsMixin):
             "tickle_count": self.tickle_count,
             "ws_handshakes": self.ws_handshakes,
             "restarts": self.restarts,
+            "brokerage_up": self.brokerage_up,
+            "competing": self.competing,
+            "rest_hang": self.rest_hang,
+            "ws_silent": self.ws_silent,
+            "ssodh_inits": self.ssodh_inits,
+            "marketdata_expiry": self.marketdata_expiry,
+            "rest_calls": dict(sorted(self.rest_calls.items())),
+            "replay": self.replay.describe() if self.replay is not None else None,
             "dropped_before_ready": self._dropped_before_ready,
             "connections": [conn.describe() for conn in self._connections.values()],
             "closed_connections": list(self._closed_connections),

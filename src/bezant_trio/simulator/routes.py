@@ -1,6 +1,6 @@
-"""HTTP routes of the simulator: the gateway's REST subset and the ``/sim`` controls.
+"""HTTP routes of the simulator: the ``/sim`` controls, and the dispatch to the gateway's REST.
 
-``/v1/api/...`` answers like the real gateway (tickle, auth status, accounts).
+``/v1/api/...`` answers like the real gateway (``rest.py``).
 ``/sim/...`` drives the same faults as the :class:`GatewaySimulator` methods,
 for out-of-process users (the demo, benchmarks, subprocess tests). Control
 requests take an optional JSON object body and answer JSON; bad input gets
@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from bezant_trio.simulator import frames
+from bezant_trio.simulator import frames, rest
 from bezant_trio.simulator.errors import SimulatorTimeout
 from bezant_trio.simulator.httpserver import Request, Response
+from bezant_trio.simulator.streams import STREAM_CHANNELS
 
 if TYPE_CHECKING:
     from bezant_trio.simulator.gateway import GatewaySimulator
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["dispatch"]
 
 logger = logging.getLogger(__name__)
-
-_API = "/v1/api"
 
 
 class _BadRequest(Exception):
@@ -87,40 +86,6 @@ def _required_bool(body: dict[str, Any], key: str) -> bool:
     return value
 
 
-# ------------------------------------------------------------- gateway REST
-
-
-def _gateway_unavailable(sim: GatewaySimulator) -> Response | None:
-    if sim.down:
-        return Response(503, {"error": "gateway restarting"})
-    if not sim.authenticated:
-        return Response(401, {"error": "not authenticated", "statusCode": 401})
-    return None
-
-
-def _tickle(sim: GatewaySimulator) -> Response:
-    sim.tickle_count += 1
-    sim._notify()
-    return _gateway_unavailable(sim) or Response(200, frames.tickle_body(sim.session))
-
-
-def _auth_status(sim: GatewaySimulator) -> Response:
-    return _gateway_unavailable(sim) or Response(200, frames.auth_status_body(authenticated=True))
-
-
-def _accounts(sim: GatewaySimulator) -> Response:
-    return _gateway_unavailable(sim) or Response(
-        200, {"accounts": [frames.ACCOUNT], "selectedAccount": frames.ACCOUNT}
-    )
-
-
-_GATEWAY_ROUTES: dict[str, tuple[frozenset[str], Callable[[GatewaySimulator], Response]]] = {
-    f"{_API}/tickle": (frozenset({"GET", "POST"}), _tickle),
-    f"{_API}/iserver/auth/status": (frozenset({"GET", "POST"}), _auth_status),
-    f"{_API}/iserver/accounts": (frozenset({"GET"}), _accounts),
-}
-
-
 # ------------------------------------------------------------------ controls
 
 _Control = Callable[["GatewaySimulator", dict[str, Any]], Awaitable[Response]]
@@ -146,6 +111,11 @@ async def _wait(sim: GatewaySimulator, body: dict[str, Any]) -> Response:
         isinstance(v, int) and not isinstance(v, bool) for v in written.values()
     ):
         raise _BadRequest('written must map channel names to seqs, e.g. {"orders": 10}')
+    rest_calls = body.get("rest_calls", {})
+    if not isinstance(rest_calls, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in rest_calls.values()
+    ):
+        raise _BadRequest('rest_calls must map REST paths to counts, e.g. {"/tickle": 2}')
 
     def holds(s: GatewaySimulator) -> bool:
         return (
@@ -154,6 +124,7 @@ async def _wait(sim: GatewaySimulator, body: dict[str, Any]) -> Response:
             and (tickles is None or s.tickle_count >= tickles)
             and all(any(c.wants(ch) for c in s.connections) for ch in subscribed)
             and all(seq in s.written(ch) for ch, seq in written.items())
+            and all(s.rest_calls[path] >= n for path, n in rest_calls.items())
         )
 
     try:
@@ -173,12 +144,29 @@ async def _inject(sim: GatewaySimulator, body: dict[str, Any]) -> Response:
     return Response(200, {"connections": await sim.inject(frame, binary=bool(binary))})
 
 
+_CHANNEL_NAMES = {
+    "marketdata": frames.marketdata_channel,
+    "bars": frames.bars_channel,
+    "book": frames.book_channel,
+}
+
+
 async def _emit(sim: GatewaySimulator, body: dict[str, Any], channel: str) -> Response:
     count = _int(body, "count", 1)
-    conid = _int(body, "conid", frames.DEFAULT_CONID if channel == "marketdata" else None)
+    conid = _int(body, "conid", frames.DEFAULT_CONID if channel in _CHANNEL_NAMES else None)
+    account = body.get("account", frames.ACCOUNT)
+    if not isinstance(account, str) or not account:
+        raise _BadRequest("account must be a non-empty string")
     assert count is not None
-    seqs = await sim.emit(channel, count, conid=conid)
-    name = frames.marketdata_channel(conid) if channel == "marketdata" and conid else channel
+    seqs = await sim.emit(channel, count, conid=conid, account=account)
+    if channel in _CHANNEL_NAMES and conid:
+        name = _CHANNEL_NAMES[channel](conid)
+    elif channel == "account_summary":
+        name = frames.summary_channel(account)
+    elif channel == "ledger":
+        name = frames.ledger_channel(account)
+    else:
+        name = channel
     return Response(
         200,
         {
@@ -255,6 +243,39 @@ async def _restart(sim: GatewaySimulator, body: dict[str, Any]) -> Response:
     return Response(200, {"session": await sim.restart(down_for=down_for)})
 
 
+async def _rest_hang(sim: GatewaySimulator, body: dict[str, Any]) -> Response:
+    sim.hang_rest(bool(_bool(body, "hang", True)))
+    return Response(200, {"rest_hang": sim.rest_hang})
+
+
+async def _ws_silent(sim: GatewaySimulator, body: dict[str, Any]) -> Response:
+    sim.silence_websocket(bool(_bool(body, "silent", True)))
+    return Response(200, {"ws_silent": sim.ws_silent})
+
+
+async def _session(sim: GatewaySimulator, body: dict[str, Any]) -> Response:
+    told = await sim.set_session_down(bool(_bool(body, "down", True)))
+    return Response(200, {"brokerage_up": sim.brokerage_up, "connections": told})
+
+
+async def _competing(sim: GatewaySimulator, body: dict[str, Any]) -> Response:
+    told = await sim.set_competing(bool(_bool(body, "competing", True)))
+    return Response(200, {"competing": sim.competing, "connections": told})
+
+
+async def _truth(sim: GatewaySimulator, body: dict[str, Any]) -> Response:
+    truth = sim.truth
+    return Response(
+        200,
+        {
+            "orders": truth.orders_body()["orders"],
+            "trades": truth.trades_body(),
+            "pnl": truth.pnl_body()["upnl"],
+            "quotes": {str(conid): quote for conid, quote in sorted(truth.quotes.items())},
+        },
+    )
+
+
 async def _slow(sim: GatewaySimulator, body: dict[str, Any]) -> Response:
     delay = _number(body, "delay", None)
     if delay is None:
@@ -280,7 +301,13 @@ async def _stream_stop(sim: GatewaySimulator, body: dict[str, Any]) -> Response:
 
 
 async def _config(sim: GatewaySimulator, body: dict[str, Any]) -> Response:
-    known = {"heartbeat_interval", "ready_delay", "binary_frames", "send_timeout"}
+    known = {
+        "heartbeat_interval",
+        "ready_delay",
+        "binary_frames",
+        "send_timeout",
+        "marketdata_expiry",
+    }
     unknown = sorted(set(body) - known)
     if unknown:
         raise _BadRequest(f"unknown setting(s) {unknown}; known: {sorted(known)}")
@@ -290,6 +317,9 @@ async def _config(sim: GatewaySimulator, body: dict[str, Any]) -> Response:
         binary_frames=_bool(body, "binary_frames", None),
         send_timeout=_number(body, "send_timeout", None),
     )
+    if "marketdata_expiry" in body:
+        # null: the gateway never ends a market-data stream by itself.
+        sim.marketdata_expiry = _number(body, "marketdata_expiry", None)
     state = sim.state()
     return Response(200, {key: state[key] for key in sorted(known)})
 
@@ -316,14 +346,16 @@ _CONTROL_ROUTES: dict[tuple[str, str], _Control] = {
     ("POST", "/sim/sts"): _sts,
     ("POST", "/sim/restart"): _restart,
     ("POST", "/sim/slow"): _slow,
+    ("POST", "/sim/rest/hang"): _rest_hang,
+    ("POST", "/sim/ws/silent"): _ws_silent,
+    ("POST", "/sim/session"): _session,
+    ("POST", "/sim/competing"): _competing,
+    ("GET", "/sim/truth"): _truth,
     ("POST", "/sim/stream"): _stream,
     ("POST", "/sim/stream/stop"): _stream_stop,
     ("DELETE", "/sim/stream"): _stream_stop,
     ("POST", "/sim/config"): _config,
-    **{
-        ("POST", f"/sim/emit/{channel}"): _emit_route(channel)
-        for channel in ("orders", "pnl", "trades", "marketdata")
-    },
+    **{("POST", f"/sim/emit/{channel}"): _emit_route(channel) for channel in STREAM_CHANNELS},
 }
 _CONTROL_PATHS = {path for _, path in _CONTROL_ROUTES}
 
@@ -331,11 +363,9 @@ _CONTROL_PATHS = {path for _, path in _CONTROL_ROUTES}
 async def dispatch(sim: GatewaySimulator, request: Request) -> Response:
     """Route one plain HTTP request."""
     path = request.path.rstrip("/") or "/"
-    if path in _GATEWAY_ROUTES:
-        methods, handler = _GATEWAY_ROUTES[path]
-        if request.method not in methods:
-            return Response(405, {"error": f"method {request.method} not allowed"})
-        return handler(sim)
+    gateway = await rest.answer(sim, request, path)
+    if gateway is not None:
+        return gateway
     control = _CONTROL_ROUTES.get((request.method, path))
     if control is not None:
         try:

@@ -2,14 +2,23 @@
 
 :class:`StreamsMixin` is the part of
 :class:`~bezant_trio.simulator.gateway.GatewaySimulator` that generates the
-gateway's data frames (orders, PnL, trades, market data) and keeps the
-per-channel ledger of what reached a socket.
+gateway's data frames (orders, PnL, trades, market data, account summary,
+ledger, bars, price ladder), keeps the per-channel ledger of what reached a
+socket, and records every generated frame in the account's truth
+(``truth.py``) that the REST API answers from.
+
+Market data goes out as the real gateway sends it: a subscription's first
+frame carries every subscribed field, later ones only the fields that changed
+since that connection's previous frame (corpus: behaviour.jsonl
+smd-deltas-only-changed), so the bytes of one seq can differ per connection.
 
 Sequence numbers (the loss-accounting contract)
 -----------------------------------------------
 Every frame generated from a stream carries ``seq``: inside each order dict,
-inside the PnL row, inside each trade dict, top-level in market data. Seqs
-are per channel (``orders``, ``pnl``, ``trades``, ``marketdata:<conid>``) and
+inside the PnL row, inside each trade dict, top-level in the others. Seqs are
+per channel (``orders``, ``pnl``, ``trades``, ``marketdata:<conid>``,
+``account_summary:<acct>``, ``ledger:<acct>``, ``bars:<conid>``,
+``book:<conid>``) and
 a frame takes the next one only when at least one ready, subscribed, unstalled
 connection exists to send it to. A frame generated when nobody would receive
 it is not generated at all, so it consumes no seq: with one connection that
@@ -39,11 +48,26 @@ from bezant_trio.simulator import frames
 from bezant_trio.simulator.connection import Outgoing, WsConnection
 from bezant_trio.simulator.core import SimulatorCore
 from bezant_trio.simulator.ledger import SeqRanges
+from bezant_trio.simulator.truth import AccountTruth
 
 __all__ = ["STREAM_CHANNELS", "BurstResult", "StreamsMixin"]
 
 #: Channel names accepted by ``emit``, ``start_stream`` and ``/sim/emit/{channel}``.
-STREAM_CHANNELS = ("orders", "pnl", "trades", "marketdata")
+STREAM_CHANNELS = (
+    "orders",
+    "pnl",
+    "trades",
+    "marketdata",
+    "account_summary",
+    "ledger",
+    "bars",
+    "book",
+)
+#: Channels whose frames are per instrument (``conid``) or per account.
+_PER_CONID = ("marketdata", "bars", "book")
+_PER_ACCOUNT = ("account_summary", "ledger")
+#: Bars in the single answer to ``smh`` (corpus: ws_marketdata.jsonl smh-doc has 23).
+_BARS_IN_ANSWER = 24
 _BURST_CHUNK_BYTES = 256 * 1024
 
 
@@ -79,6 +103,13 @@ class _MarketdataConid:
     fields: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _Twice:
+    """A frame to send twice (the second copy carries no seq accounting)."""
+
+    frame: dict[str, Any]
+
+
 class _Channel:
     __slots__ = ("last_assigned", "lock", "written")
 
@@ -105,12 +136,23 @@ async def _wait_any(*events: trio.Event) -> None:
 class StreamsMixin(SimulatorCore):
     """Sequence channels and the frames generated from them (see the module docstring)."""
 
-    def _init_streams(self) -> None:
+    def _init_streams(
+        self, *, marketdata_expiry: float | None, duplicate_first_quote: bool
+    ) -> None:
         self._channels: dict[str, _Channel] = {}
         self._marketdata: dict[int, _MarketdataConid] = {}
         self._dropped_before_ready = 0
         self._rates: dict[str, float] = {}
         self._stream_scope: trio.CancelScope | None = None
+        self._bars_server_ids = 0
+        #: Every order, fill, PnL row and quote generated so far (the REST answers).
+        self.truth = AccountTruth()
+        #: Seconds after an ``smd`` that the gateway ends the stream; None: never.
+        self.marketdata_expiry = marketdata_expiry
+        #: Send a subscription's first quote twice, as real gateways were seen
+        #: doing (corpus: behaviour.jsonl smd-first-frame-twice); off by default
+        #: because every per-conid count in the tests would be off by one.
+        self.duplicate_first_quote = duplicate_first_quote
 
     # ----------------------------------------------------------------- channels
 
@@ -129,6 +171,11 @@ class StreamsMixin(SimulatorCore):
     def _marketdata_server_id(self, conid: int) -> str:
         entry = self._marketdata.get(conid)
         return entry.server_id if entry is not None else "q?"
+
+    def _new_bars_server_id(self) -> str:
+        # smh answers carry a numeric serverId (corpus: ws_marketdata.jsonl smh-doc).
+        self._bars_server_ids += 1
+        return str(341114 + self._bars_server_ids)
 
     def _channel(self, name: str) -> _Channel:
         channel = self._channels.get(name)
@@ -157,8 +204,18 @@ class StreamsMixin(SimulatorCore):
 
     # ---------------------------------------------------------------- emitting
 
-    async def _emit(self, channel_name: str, build: Callable[[int], Any]) -> int | None:
-        """Generate one frame of a sequence channel; its seq, or None if nobody listens."""
+    async def _emit(
+        self,
+        channel_name: str,
+        build: Callable[[int], Any],
+        per_connection: Callable[[WsConnection, int], Any] | None = None,
+    ) -> int | None:
+        """Generate one frame of a sequence channel; its seq, or None if nobody listens.
+
+        ``build(seq)`` is the frame (and what the account's truth records);
+        ``per_connection(conn, seq)``, when given, is what each connection is
+        sent instead (market-data deltas, a first summary frame).
+        """
         channel = self._channel(channel_name)
         async with channel.lock:
             targets = self.subscribers(channel_name)
@@ -166,18 +223,35 @@ class StreamsMixin(SimulatorCore):
                 return None
             channel.last_assigned += 1
             seq = channel.last_assigned
-            raw = orjson.dumps(build(seq))
-            kind, data = ("bytes", raw) if self.binary_frames else ("text", raw.decode())
+            frame = build(seq)
+            self.truth.record_frame(frame)
+            if per_connection is None:
+                raw = orjson.dumps(frame)
+                kind, data = ("bytes", raw) if self.binary_frames else ("text", raw.decode())
+                for conn in targets:
+                    await conn.enqueue(Outgoing(kind, data, channel_name, seq, seq))
+                return seq
             for conn in targets:
-                await conn.enqueue(Outgoing(kind, data, channel_name, seq, seq))
+                sent = per_connection(conn, seq)
+                copies = 1
+                if isinstance(sent, _Twice):
+                    sent, copies = sent.frame, 2
+                item = self._json_item(sent, channel=channel_name, first_seq=seq, last_seq=seq)
+                await conn.enqueue(item)
+                if copies == 2:
+                    await conn.enqueue(self._json_item(sent))
             return seq
 
     async def _emit_many(
-        self, channel_name: str, count: int, build: Callable[[int], Any]
+        self,
+        channel_name: str,
+        count: int,
+        build: Callable[[int], Any],
+        per_connection: Callable[[WsConnection, int], Any] | None = None,
     ) -> list[int]:
         seqs = []
         for _ in range(count):
-            seq = await self._emit(channel_name, build)
+            seq = await self._emit(channel_name, build, per_connection)
             if seq is not None:
                 seqs.append(seq)
         return seqs
@@ -199,20 +273,125 @@ class StreamsMixin(SimulatorCore):
         )
 
     async def emit_marketdata(self, conid: int, count: int = 1) -> list[int]:
-        """Send ``count`` ``smd+<conid>`` frames to that conid's subscribers; the seqs sent."""
+        """Send ``count`` ``smd+<conid>`` frames to that conid's subscribers; the seqs sent.
+
+        Each connection gets a full first frame, then only what changed for it.
+        """
         entry = self._marketdata.get(conid)
         if entry is None:
             return []
+        state: dict[str, Any] = {}
 
         def build(seq: int) -> dict[str, Any]:
+            state["now"] = now = frames.now_ms()
+            state["values"] = frames.marketdata_values(seq)
             return frames.marketdata_frame(
-                conid, seq, frames.now_ms(), server_id=entry.server_id, fields=entry.fields
+                conid, seq, now, server_id=entry.server_id, fields=entry.fields
             )
 
-        return await self._emit_many(frames.marketdata_channel(conid), count, build)
+        def per_connection(conn: WsConnection, seq: int) -> dict[str, Any]:
+            values = state["values"]
+            wanted = conn.marketdata.get(conid, entry.fields)
+            current = {field: values.get(field, "0") for field in wanted}
+            current.setdefault("6509", values["6509"])
+            sent = conn.quote_sent.get(conid)
+            if sent is None:
+                conn.quote_sent[conid] = changed = dict(current)
+                if self.duplicate_first_quote:
+                    return _Twice(
+                        frames.quote_frame(
+                            conid, seq, state["now"], server_id=entry.server_id, values=changed
+                        )
+                    )
+            else:
+                changed = {
+                    field: value for field, value in current.items() if sent.get(field) != value
+                }
+                sent.update(changed)
+            return frames.quote_frame(
+                conid, seq, state["now"], server_id=entry.server_id, values=changed
+            )
 
-    async def emit(self, channel: str, count: int = 1, *, conid: int | None = None) -> list[int]:
-        """Dispatch to ``emit_<channel>``; ``conid`` is required for ``marketdata``."""
+        return await self._emit_many(frames.marketdata_channel(conid), count, build, per_connection)
+
+    async def emit_account_summary(
+        self, count: int = 1, *, account: str = frames.ACCOUNT
+    ) -> list[int]:
+        """Send ``count`` ``ssd+<account>`` frames; a subscription's first carries every key."""
+        now = frames.now_ms
+
+        def per_connection(conn: WsConnection, seq: int) -> dict[str, Any]:
+            first = account not in conn.summary_started
+            conn.summary_started.add(account)
+            return frames.summary_frame(account, seq, now(), first=first)
+
+        return await self._emit_many(
+            frames.summary_channel(account),
+            count,
+            lambda seq: frames.summary_frame(account, seq, now(), first=True),
+            per_connection,
+        )
+
+    async def emit_ledger(self, count: int = 1, *, account: str = frames.ACCOUNT) -> list[int]:
+        """Send ``count`` ``sld+<account>`` frames (unchanged currencies are blank)."""
+        return await self._emit_many(
+            frames.ledger_channel(account),
+            count,
+            lambda seq: frames.ledger_frame(account, seq, frames.now_ms()),
+        )
+
+    async def emit_bars(self, conid: int, count: int = 1) -> list[int]:
+        """Send ``count`` ``smh+<conid>`` frames with the newest bar to its subscribers."""
+
+        def build(seq: int) -> dict[str, Any]:
+            return frames.bars_frame(conid, seq, frames.now_ms(), server_id="", bars=1)
+
+        def per_connection(conn: WsConnection, seq: int) -> dict[str, Any]:
+            return frames.bars_frame(
+                conid, seq, frames.now_ms(), server_id=conn.bars.get(conid, ""), bars=1
+            )
+
+        return await self._emit_many(frames.bars_channel(conid), count, build, per_connection)
+
+    async def _send_bars_answer(self, conn: WsConnection, conid: int) -> None:
+        """The one answer to ``smh``: the history, to the subscribing connection only."""
+        channel_name = frames.bars_channel(conid)
+        channel = self._channel(channel_name)
+        async with channel.lock:
+            channel.last_assigned += 1
+            seq = channel.last_assigned
+            frame = frames.bars_frame(
+                conid, seq, frames.now_ms(), server_id=conn.bars[conid], bars=_BARS_IN_ANSWER
+            )
+            await conn.enqueue(
+                self._json_item(frame, channel=channel_name, first_seq=seq, last_seq=seq)
+            )
+
+    async def emit_book(self, conid: int, count: int = 1) -> list[int]:
+        """Send ``count`` ``sbd+<acct>+<conid>`` price ladders to its subscribers."""
+
+        def per_connection(conn: WsConnection, seq: int) -> dict[str, Any]:
+            account = next((a for a, c in conn.book.items() if c == conid), frames.ACCOUNT)
+            return frames.book_frame(account, conid, seq)
+
+        return await self._emit_many(
+            frames.book_channel(conid),
+            count,
+            lambda seq: frames.book_frame(frames.ACCOUNT, conid, seq),
+            per_connection,
+        )
+
+    async def emit(
+        self,
+        channel: str,
+        count: int = 1,
+        *,
+        conid: int | None = None,
+        account: str | None = None,
+    ) -> list[int]:
+        """Dispatch to ``emit_<channel>``; per-instrument channels need a ``conid``."""
+        if channel in _PER_CONID and conid is None:
+            raise ValueError(f"emit({channel!r}) needs a conid")
         if channel == "orders":
             return await self.emit_orders(count)
         if channel == "pnl":
@@ -220,9 +399,18 @@ class StreamsMixin(SimulatorCore):
         if channel == "trades":
             return await self.emit_trades(count)
         if channel == "marketdata":
-            if conid is None:
-                raise ValueError("emit('marketdata') needs a conid")
+            assert conid is not None
             return await self.emit_marketdata(conid, count)
+        if channel == "bars":
+            assert conid is not None
+            return await self.emit_bars(conid, count)
+        if channel == "book":
+            assert conid is not None
+            return await self.emit_book(conid, count)
+        if channel == "account_summary":
+            return await self.emit_account_summary(count, account=account or frames.ACCOUNT)
+        if channel == "ledger":
+            return await self.emit_ledger(count, account=account or frames.ACCOUNT)
         raise ValueError(f"unknown channel {channel!r}; expected one of {STREAM_CHANNELS}")
 
     async def burst_marketdata(
@@ -265,6 +453,19 @@ class StreamsMixin(SimulatorCore):
                 for item in items:
                     await conn.enqueue(item)
                 pending.append((conn, items))
+            # Later deltas to these connections are relative to the burst's
+            # last values; the account's truth holds them too.
+            last = frames.marketdata_frame(
+                conid,
+                first + count - 1,
+                frames.now_ms(),
+                server_id=entry.server_id,
+                fields=entry.fields,
+            )
+            self.truth.record_frame(last)
+            final = {field: last[field] for field in (*entry.fields, "6509")}
+            for conn in targets:
+                conn.quote_sent[conid] = dict(final)
         for conn, items in pending:
             done = items[-1].done
             assert done is not None
@@ -294,6 +495,8 @@ class StreamsMixin(SimulatorCore):
         # connection's own encoder would. An unmasked frame's header depends
         # only on opcode and payload length, so wsproto encodes one frame per
         # distinct length and its header is reused: ~1 µs a frame instead of ~6.
+        # The burst's first frame is full (a valid frame whatever a connection
+        # was sent before), the rest carry what changed since the previous one.
         encoder = WsProtocol(ConnectionType.SERVER)
         headers: dict[int, bytes] = {}
         binary = self.binary_frames
@@ -301,11 +504,15 @@ class StreamsMixin(SimulatorCore):
         chunks: list[tuple[bytes, int, int]] = []
         buffer = bytearray()
         chunk_first = first
+        fields = (*entry.fields, "6509") if "6509" not in entry.fields else entry.fields
+        previous: dict[str, Any] = {}
         for seq in range(first, first + count):
+            values = frames.marketdata_values(seq)
+            current = {field: values.get(field, "0") for field in fields}
+            changed = {k: v for k, v in current.items() if previous.get(k) != v}
+            previous = current
             raw = orjson.dumps(
-                frames.marketdata_frame(
-                    conid, seq, now, server_id=entry.server_id, fields=entry.fields
-                )
+                frames.quote_frame(conid, seq, now, server_id=entry.server_id, values=changed)
             )
             header = headers.get(len(raw))
             if header is None:
@@ -327,9 +534,11 @@ class StreamsMixin(SimulatorCore):
     def start_stream(self, rates: Mapping[str, float]) -> None:
         """Generate frames in the background at ``rates`` events/s per channel.
 
-        Keys are ``orders``, ``pnl``, ``trades``, ``marketdata``; the
-        ``marketdata`` rate applies to *each* conid some ready client has
-        subscribed. Replaces any running generator; an empty mapping stops it.
+        Keys are the :data:`STREAM_CHANNELS`; the rate of a per-instrument or
+        per-account channel (``marketdata``, ``bars``, ``book``,
+        ``account_summary``, ``ledger``) applies to *each* conid or account
+        some ready client has subscribed. Replaces any running generator; an
+        empty mapping stops it.
         """
         clean: dict[str, float] = {}
         for channel, rate in rates.items():
@@ -381,9 +590,21 @@ class StreamsMixin(SimulatorCore):
                 await self._stream_one(channel)
 
     async def _stream_one(self, channel: str) -> None:
-        if channel != "marketdata":
+        ready = self.ready_connections()
+        if channel == "marketdata":
+            for conid in sorted({c for conn in ready for c in conn.marketdata}):
+                await self.emit_marketdata(conid, 1)
+        elif channel == "bars":
+            for conid in sorted({c for conn in ready for c in conn.bars}):
+                await self.emit_bars(conid, 1)
+        elif channel == "book":
+            for conid in sorted({c for conn in ready for c in conn.book.values()}):
+                await self.emit_book(conid, 1)
+        elif channel == "account_summary":
+            for account in sorted({a for conn in ready for a in conn.summary_accounts}):
+                await self.emit_account_summary(1, account=account)
+        elif channel == "ledger":
+            for account in sorted({a for conn in ready for a in conn.ledger_accounts}):
+                await self.emit_ledger(1, account=account)
+        else:
             await self.emit(channel, 1)
-            return
-        conids = sorted({conid for conn in self.ready_connections() for conid in conn.marketdata})
-        for conid in conids:
-            await self.emit_marketdata(conid, 1)
