@@ -1,4 +1,4 @@
-"""``bezant-trio run | demo | simulate | tail | check-config``.
+"""``bezant-trio run | demo | simulate | record | tail | check-config``.
 
 Bad configuration or an impossible start-up prints one line on stderr and
 exits 2; nothing here ever prints a traceback for bad input.
@@ -35,6 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bezant_trio.simulator import run_cli
 
         return run_cli(argv[1:])
+    if argv[:1] == ["record"]:
+        from bezant_trio.cpapi.record import run_cli as run_record
+
+        return run_record(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -72,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     simulate = sub.add_parser("simulate", help="run only the gateway simulator")
     simulate.add_argument("args", nargs=argparse.REMAINDER, help="simulator options (--help)")
     simulate.set_defaults(func=_cmd_simulate)
+
+    # Parsed by cpapi/record.py (main() hands it the arguments); listed for --help.
+    sub.add_parser("record", help="record a gateway session for simulate --replay", add_help=False)
 
     check = sub.add_parser("check-config", help="validate and print the effective config")
     check.add_argument("--config", help="YAML config (default ./config.yaml if present)")
