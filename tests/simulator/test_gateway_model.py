@@ -13,7 +13,8 @@ import trio
 from test_simulator import CONID, assert_next_is_marker, connect, ready_client, receive
 
 from bezant_trio.simulator import GatewaySimulator, corpus, open_simulator
-from bezant_trio.simulator.frames import MD_ALWAYS, parse_command
+from bezant_trio.simulator.commands import parse_command
+from bezant_trio.simulator.frames import MD_ALWAYS
 
 ACCOUNT = "DU1234"
 

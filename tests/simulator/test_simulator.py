@@ -35,7 +35,7 @@ from bezant_trio.simulator import (
     open_simulator,
     run_cli,
 )
-from bezant_trio.simulator.frames import parse_command, parse_session_cookie
+from bezant_trio.simulator.commands import parse_command, parse_session_cookie
 
 CONID = 265598
 MARKER = {"topic": "marker"}

@@ -33,7 +33,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from bezant_trio.simulator import frames
+from bezant_trio.simulator import commands, frames
 from bezant_trio.simulator.ledger import SeqRanges
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ class WsConnection:
         #: Replaces the simulated gateway for this connection (a recorded
         #: session's player, ``replay.py``): runs instead of the ready sequence.
         self.script: Callable[[WsConnection], Awaitable[None]] | None = None
-        self.account_channels: dict[str, bool] = dict.fromkeys(frames.ACCOUNT_CHANNELS, False)
+        self.account_channels: dict[str, bool] = dict.fromkeys(commands.ACCOUNT_CHANNELS, False)
         #: conid -> requested fields
         self.marketdata: dict[int, tuple[str, ...]] = {}
         #: conid -> trio time of the last smd: the gateway ends a market-data
@@ -507,11 +507,11 @@ class WsConnection:
 
     async def _on_text(self, text: str) -> None:
         self.commands_received += 1
-        command = frames.parse_command(text)
+        command = commands.parse_command(text)
         result = await self._apply(command)
         self._sim._record_command(self, text, result)
 
-    async def _apply(self, command: frames.Command) -> str:
+    async def _apply(self, command: commands.Command) -> str:
         """Act on one client command; returns its result for the command log."""
         sim = self._sim
         if self.silent:
@@ -550,7 +550,7 @@ class WsConnection:
             return await self._apply_subscription(command)
         return "unknown"
 
-    async def _apply_subscription(self, command: frames.Command) -> str:
+    async def _apply_subscription(self, command: commands.Command) -> str:
         sim = self._sim
         subscribe = command.kind == "subscribe"
         channel = command.channel
@@ -575,7 +575,8 @@ class WsConnection:
             )
             if subscribe:
                 accounts.add(account)
-                self.summary_started.discard(account)
+                if channel == "account_summary":
+                    self.summary_started.discard(account)  # the next frame carries every key
                 sim._notify()
                 return "accepted"
             if account not in accounts:

@@ -4,10 +4,14 @@
 background stream generator and the fault timers, all inside one nursery:
 nothing it starts outlives :meth:`GatewaySimulator.run`. It is assembled from
 parts with one job each: ``core.py`` (connections, change signals, timers),
-``streams.py`` (sequence channels and the frames generated from them) and
-``faults.py`` (drops, stalls, restarts, bad frames). Faults and event
-emission are plain async methods for in-process tests; ``routes.py`` exposes
-the same operations over HTTP under ``/sim/...`` for out-of-process users.
+``streams.py`` (sequence channels and the frames generated from them),
+``faults.py`` (drops, stalls, restarts, bad frames, gateway states),
+``connection.py`` (one WebSocket), ``commands.py`` (what clients send),
+``frames.py`` (what the gateway sends), ``rest.py`` (the REST subset),
+``truth.py`` (what the account holds) and ``replay.py`` (recorded sessions).
+Faults and event emission are plain async methods for in-process tests;
+``routes.py`` exposes the same operations over HTTP under ``/sim/...`` for
+out-of-process users. Defaults follow the frame corpus (``corpus/``).
 
 This module must not import from ``bezant_trio.cpapi``: the simulator is the
 other side of the wire, and sharing code would hide protocol mistakes.
@@ -32,7 +36,7 @@ import trio
 import trustme
 from wsproto.connection import Connection as WsProtocol
 
-from bezant_trio.simulator import frames
+from bezant_trio.simulator import commands
 from bezant_trio.simulator.connection import WsConnection
 from bezant_trio.simulator.errors import SimulatorError, SimulatorTimeout
 from bezant_trio.simulator.faults import DROP_MODES, FaultsMixin
@@ -247,7 +251,7 @@ class GatewaySimulator(StreamsMixin, FaultsMixin):
         self, request: Request, stream: trio.abc.Stream, ws: WsProtocol
     ) -> None:
         """Serve one upgraded WebSocket until it closes."""
-        session = frames.parse_session_cookie(request.headers.get("cookie", ""))
+        session = commands.parse_session_cookie(request.headers.get("cookie", ""))
         conn_id = self._next_connection_id
         self._next_connection_id += 1
         connection = WsConnection(
