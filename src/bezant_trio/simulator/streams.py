@@ -283,11 +283,12 @@ class StreamsMixin(SimulatorCore):
         state: dict[str, Any] = {}
 
         def build(seq: int) -> dict[str, Any]:
+            # The full frame: what the account's truth records for the conid.
             state["now"] = now = frames.now_ms()
-            state["values"] = frames.marketdata_values(seq)
-            return frames.marketdata_frame(
-                conid, seq, now, server_id=entry.server_id, fields=entry.fields
-            )
+            state["values"] = values = frames.marketdata_values(seq)
+            full = {field: values.get(field, "0") for field in entry.fields}
+            full.setdefault("6509", values["6509"])
+            return frames.quote_frame(conid, seq, now, server_id=entry.server_id, values=full)
 
         def per_connection(conn: WsConnection, seq: int) -> dict[str, Any]:
             values = state["values"]
