@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from bezant_trio.client import AsyncPoller, Poller, PollError
-from bezant_trio.http.app import HttpContext
+from bezant_trio.http.context import HttpContext
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.store.hub import Hub
 from helpers import capacity_of, seq_of, wait_until

@@ -7,6 +7,7 @@ published; every HTTP response, SSE frame, sink and log row reuses those bytes.
 from __future__ import annotations
 
 import enum
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,15 +16,65 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "CONID_FAMILIES",
     "GAP_TOPIC",
+    "MARKETDATA",
+    "SYSTEM_TOPIC",
+    "TOPIC_RE",
     "Event",
     "GapReason",
+    "conid_of",
     "encode_payload",
     "format_ts",
+    "keyed_topic",
+    "marketdata_topic",
     "parse_ts",
+    "topic_family",
 ]
 
+# ------------------------------------------------------------------ topics
+#
+# A topic name is a family, optionally followed by ``:`` and a key:
+# ``orders``, ``gap``, ``marketdata:265598``, ``account_summary:DU1234``.
+# Every module builds and parses topic names with these functions only.
+
+#: The topic every gap event also goes to.
 GAP_TOPIC = "gap"
+#: Topicless gateway frames and non-heartbeat ``system`` frames.
+SYSTEM_TOPIC = "system"
+#: Market data for one conid is captured under ``marketdata:<conid>``.
+MARKETDATA = "marketdata"
+#: Families whose key is a conid that readers ask for (subscribed lazily).
+CONID_FAMILIES = (MARKETDATA,)
+#: Well-formed topic names: a lowercase family, optionally ``:`` and a key.
+#: ``\Z``, not ``$``: ``$`` also matches before a trailing newline ("orders\n").
+TOPIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}(:[A-Za-z0-9_.\-]{1,64})?\Z")
+#: Conids are positive and fit in a signed 64-bit integer.
+_MAX_CONID = 2**63
+
+
+def keyed_topic(family: str, key: object) -> str:
+    """The topic of ``family`` for one key: ``keyed_topic("bars", 265598) == "bars:265598"``."""
+    return f"{family}:{key}"
+
+
+def marketdata_topic(conid: int) -> str:
+    """The topic market data for ``conid`` is captured under."""
+    return f"marketdata:{conid}"
+
+
+def topic_family(topic: str) -> str:
+    """The family of a topic: ``"marketdata"`` for ``"marketdata:265598"``, else the topic."""
+    return topic.partition(":")[0]
+
+
+def conid_of(topic: str, family: str = MARKETDATA) -> int | None:
+    """The conid of a ``<family>:<conid>`` topic (market data by default), else None."""
+    head, sep, key = topic.partition(":")
+    if not sep or head != family or not (key.isascii() and key.isdigit()):
+        return None
+    conid = int(key)
+    return conid if 0 < conid < _MAX_CONID else None
 
 
 class GapReason(enum.StrEnum):

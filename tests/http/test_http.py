@@ -10,9 +10,10 @@ import httpx
 import pytest
 import trio
 
-from bezant_trio.http.app import HttpContext
+from bezant_trio.http.context import HttpContext
 from bezant_trio.model import GapReason
 from bezant_trio.store.hub import Hub
+from bezant_trio.wants import Wants
 from helpers import wait_until
 
 
@@ -244,15 +245,16 @@ async def test_unknown_path_is_404_envelope(serve, client, hub) -> None:
 async def test_too_many_conids_is_429(serve, client) -> None:
     from helpers import capacity_of
 
-    hub = Hub(capacity_of(), max_conids=2)
+    hub = Hub(capacity_of())
     await hub.open()
+    wants = Wants(2)
     with trio.fail_after(10):
-        base = await _url(serve, hub)
+        base = await _url(serve, hub, wants=wants)
         assert (await client.get(f"{base}/events/marketdata?conid=1")).status_code == 200
         assert (await client.get(f"{base}/events/marketdata:2")).status_code == 200
         r = await client.get(f"{base}/events/marketdata?conid=3")
     assert r.status_code == 429 and r.json()["code"] == "too_many_conids"
-    assert hub.wanted_conids() == [1, 2]
+    assert wants.wanted() == [1, 2]
 
 
 @pytest.mark.parametrize(

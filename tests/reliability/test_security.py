@@ -22,7 +22,7 @@ import pytest
 import trio
 import yaml
 
-from bezant_trio.http.app import HttpContext
+from bezant_trio.http.context import HttpContext
 from procs import run_cli
 
 from .rig import WEBHOOK_SECRET, ProcessDaemon, Rig

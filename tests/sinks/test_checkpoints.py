@@ -29,7 +29,7 @@ async def _daemon_like(path: Path) -> AsyncIterator[tuple[Hub, SinkManager]]:
             await nursery.start(manager.run)
             yield hub, manager
             await hub.close()
-            await manager.aclose(grace=0.2)
+            await manager.aclose(trio.current_time() + 0.2)
             nursery.cancel_scope.cancel()
     finally:
         await trio.to_thread.run_sync(elog.close)

@@ -285,14 +285,14 @@ async def test_aclose_lets_the_batch_in_flight_finish(bezant_sink_manager_factor
         manager.hub.publish("orders", {"i": 1})
         await sink.wait_blocked()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(manager.aclose, 5)
+            nursery.start_soon(manager.aclose, trio.current_time() + 5)
             await trio.testing.wait_all_tasks_blocked()  # aclose waits for the batch
             assert not sink.closed
             sink.unblock()
         assert sink.cursors("orders") == [1]
         assert sink.closed
         assert manager.status()["t"]["state"] == "stopped"
-        await manager.aclose(5)  # idempotent
+        await manager.aclose(trio.current_time() + 5)  # idempotent
 
 
 async def test_event_published_right_after_a_sink_starts_is_not_missed(

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import trio
 
-from bezant_trio.http.app import HttpContext
+from bezant_trio.http.context import HttpContext
 from bezant_trio.store.hub import UNCLEAN_CURSOR_SKIP, Hub
 from bezant_trio.store.log import EventLog
 from helpers import capacity_of, wait_until
@@ -115,7 +115,7 @@ async def test_a_poller_ten_rings_behind_reads_everything_from_the_log(store: St
         for i in range(total):
             hub.publish("orders", {"i": i})
         await wait_until(lambda: hub.head("orders") == total)
-        base = await serve(HttpContext(hub=hub, history_enabled=lambda: True))
+        base = await serve(HttpContext(hub=hub))
         seen: list[int] = []
         since = 0
         async with httpx.AsyncClient() as client:
@@ -170,7 +170,7 @@ async def test_history_by_time_and_cursor(store: Store, serve) -> None:
             hub.publish("orders", {"i": i})
         hub.publish("pnl", {"x": 1})
         await wait_until(lambda: hub.head("orders") == 20 and hub.head("pnl") == 1)
-        base = await serve(HttpContext(hub=hub, history_enabled=lambda: True))
+        base = await serve(HttpContext(hub=hub))
         async with httpx.AsyncClient() as client:
             by_ts = (
                 await client.get(

@@ -227,7 +227,7 @@ async def test_a_reused_cursor_is_reported_not_silently_dropped(
         first = await bezant_sink_manager_factory([_sink_config(nats_server)])
         first.hub.publish("orders", {"orderId": "before the restart"})
         await first.wait_delivered("fanout", 1)
-        await first.aclose(1)
+        await first.aclose(trio.current_time() + 1)
         second = await bezant_sink_manager_factory([_sink_config(nats_server)])
         second.hub.publish("orders", {"orderId": "after the restart"})
         status = await _wait_failure(second)

@@ -6,6 +6,8 @@ heartbeat watchdog, market-data wants); anything that ends the connection
 cancels that scope with a reason. The loop then backs off (exponential with
 jitter), reconnects, bumps ``reset_epoch`` and injects gap events.
 
+Reads its settings straight from the ``gateway`` and ``events`` config
+sections, and the market-data demand from :class:`~bezant_trio.wants.Wants`.
 Imports the hub; never imports ``http`` or ``sinks``.
 """
 
@@ -16,7 +18,7 @@ import random
 import ssl
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
@@ -36,10 +38,15 @@ from bezant_trio.cpapi.transport import (
     TransportClosed,
     open_transport,
 )
-from bezant_trio.model import GapReason, format_ts
-from bezant_trio.store.hub import Hub, marketdata_topic
+from bezant_trio.model import GapReason, format_ts, marketdata_topic
+from bezant_trio.store.hub import Hub
+from bezant_trio.util import backoff_delay
+from bezant_trio.wants import Wants
 
-__all__ = ["Connector", "ConnectorSettings", "backoff_delay"]
+if TYPE_CHECKING:
+    from bezant_trio.config import EventsConfig, GatewayConfig
+
+__all__ = ["Connector"]
 
 log = logging.getLogger(__name__)
 
@@ -49,69 +56,8 @@ KEEPALIVE_INTERVAL = 30.0
 DRAIN_TIMEOUT = 2.0
 #: ... or after this many seconds in all, even if frames keep coming.
 DRAIN_MAX = 10.0
-
-
-class ConnectorSettings:
-    """The knobs of ``gateway`` and ``events`` the connector reads."""
-
-    def __init__(
-        self,
-        *,
-        url: str,
-        verify_tls: bool = False,
-        tickle_interval: float = 60.0,
-        heartbeat_timeout: float = 90.0,
-        ready_timeout: float = 5.0,
-        backoff_min: float = 1.0,
-        backoff_max: float = 60.0,
-        channels: tuple[str, ...] = ("orders", "pnl"),
-        capture_other: bool = True,
-        md_fields: tuple[str, ...] = ("31", "84", "86", "85", "88", "87"),
-        idle_unsubscribe: float = 300.0,
-        resubscribe_interval: float = 540.0,
-        connect_timeout: float = 10.0,
-        websocket_client: str = "wsproto",
-    ) -> None:
-        self.url = url
-        self.verify_tls = verify_tls
-        self.tickle_interval = tickle_interval
-        self.heartbeat_timeout = heartbeat_timeout
-        self.ready_timeout = ready_timeout
-        self.backoff_min = backoff_min
-        self.backoff_max = backoff_max
-        self.channels = channels
-        self.capture_other = capture_other
-        self.md_fields = md_fields
-        self.idle_unsubscribe = idle_unsubscribe
-        self.resubscribe_interval = resubscribe_interval
-        self.connect_timeout = connect_timeout
-        self.websocket_client = websocket_client
-
-    @classmethod
-    def from_config(cls, config: Any) -> ConnectorSettings:
-        """Build from a :class:`bezant_trio.config.Config`."""
-        events = config.events
-        return cls(
-            url=config.gateway.url,
-            verify_tls=config.gateway.verify_tls,
-            tickle_interval=config.gateway.tickle_interval,
-            websocket_client=config.gateway.websocket_client,
-            heartbeat_timeout=events.heartbeat_timeout,
-            ready_timeout=events.ready_timeout,
-            backoff_min=events.backoff.min,
-            backoff_max=events.backoff.max,
-            channels=tuple(events.channels),
-            capture_other=events.capture_other,
-            md_fields=tuple(events.marketdata.fields),
-            idle_unsubscribe=events.marketdata.idle_unsubscribe,
-            resubscribe_interval=events.marketdata.resubscribe_interval,
-        )
-
-
-def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:
-    """Delay before retry ``attempt`` (1-based): exponential from ``lo`` to ``hi``, equal jitter."""
-    ceiling = min(hi, lo * 2 ** max(0, attempt - 1))
-    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+#: Most seconds for TCP, TLS and the WebSocket upgrade together.
+CONNECT_TIMEOUT = 10.0
 
 
 class _ConnectionEnded(Exception):
@@ -121,9 +67,19 @@ class _ConnectionEnded(Exception):
 class Connector:
     """Holds the gateway WebSocket open and publishes every frame into ``hub``."""
 
-    def __init__(self, hub: Hub, settings: ConnectorSettings, *, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        gateway: GatewayConfig,
+        events: EventsConfig,
+        wants: Wants,
+        seed: int | None = None,
+    ) -> None:
         self.hub = hub
-        self.settings = settings
+        self.gateway = gateway
+        self.events = events
+        self.wants = wants
         self._rng = random.Random(seed)
         self.connected = False
         self.reconnect_count = 0
@@ -152,7 +108,7 @@ class Connector:
 
     def status(self) -> dict[str, Any]:
         """The connector's part of ``/events/_status``."""
-        subscribed = [c for c in self.settings.channels] if self.connected else []
+        subscribed = [c for c in self.events.channels] if self.connected else []
         subscribed += [marketdata_topic(c) for c in sorted(self.subscribed_conids)]
         return {
             "connected": self.connected,
@@ -179,7 +135,7 @@ class Connector:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect and reconnect until cancelled."""
-        session = GatewaySession(self.settings.url, verify_tls=self.settings.verify_tls)
+        session = GatewaySession(self.gateway.url, verify_tls=self.gateway.verify_tls)
         task_status.started()
         attempt = 0
         try:
@@ -204,9 +160,9 @@ class Connector:
                     return
                 lived = trio.current_time() - started
                 # A connection that reached ready and stayed up is not flapping.
-                attempt = 1 if healthy and lived >= self.settings.backoff_max else attempt + 1
+                attempt = 1 if healthy and lived >= self.events.backoff.max else attempt + 1
                 delay = backoff_delay(
-                    attempt, self.settings.backoff_min, self.settings.backoff_max, self._rng
+                    attempt, self.events.backoff.min, self.events.backoff.max, self._rng
                 )
                 self.state = "backing_off"
                 self.next_retry_in = round(delay, 3)
@@ -257,7 +213,7 @@ class Connector:
     async def _drain(self, ws: Transport, reason: str) -> None:
         assert self._barrier is not None
         with trio.move_on_after(DRAIN_MAX):
-            for channel in self.settings.channels:
+            for channel in self.events.channels:
                 await self._send(ws, CHANNEL_COMMANDS[channel][1])
             for conid in sorted(self.subscribed_conids):
                 await self._send(ws, md_unsubscribe(conid))
@@ -283,7 +239,6 @@ class Connector:
     async def _connect_once(self, session: GatewaySession) -> bool:
         """One connection, from tickle to its end. Returns whether it got ready."""
         session_id = await session.tickle()
-        settings = self.settings
         self._end_reason = None
         self._ready = False
         self._barrier = None
@@ -291,10 +246,10 @@ class Connector:
         try:
             async with open_transport(
                 session.ws_url,
-                client=settings.websocket_client,
+                client=self.gateway.websocket_client,
                 ssl_context=session.ssl_context(),
                 headers=[GatewaySession.cookie_header(session_id)],
-                connect_timeout=settings.connect_timeout,
+                connect_timeout=CONNECT_TIMEOUT,
             ) as ws:
                 await self._on_open()
                 with trio.CancelScope() as scope:
@@ -345,7 +300,7 @@ class Connector:
     async def _read_loop(self, ws: Transport, session_id: str) -> None:
         hub = self.hub
         frames = self.frames
-        capture_other = self.settings.capture_other
+        capture_other = self.events.capture_other
         publish = hub.publish_json
         clock = trio.current_time
         event_kind = FrameKind.EVENT
@@ -403,18 +358,18 @@ class Connector:
         self._subscribed_early = False
         if self._ready:
             return
-        with trio.move_on_after(self.settings.ready_timeout):
+        with trio.move_on_after(self.events.ready_timeout):
             await self._ready_event.wait()
             return
         self._subscribed_early = True
         log.warning(
             "no ready frame from the gateway within %.1f s; subscribing anyway "
             "(and again when it arrives)",
-            self.settings.ready_timeout,
+            self.events.ready_timeout,
         )
 
     async def _subscribe_all(self, ws: Transport) -> None:
-        for channel in self.settings.channels:
+        for channel in self.events.channels:
             await self._send(ws, CHANNEL_COMMANDS[channel][0])
         self.subscribed_conids.clear()
         await self._sync_conids(ws)
@@ -422,37 +377,37 @@ class Connector:
             self._subscribed_early = False
 
     async def _sync_conids(self, ws: Transport) -> None:
-        wanted = set(self.hub.wanted_conids())
+        wanted = set(self.wants.wanted())
         for conid in sorted(self.subscribed_conids - wanted):
             await self._send(ws, md_unsubscribe(conid))
             self.subscribed_conids.discard(conid)
         for conid in sorted(wanted - self.subscribed_conids):
-            await self._send(ws, md_subscribe(conid, self.settings.md_fields))
+            await self._send(ws, md_subscribe(conid, self.events.marketdata.fields))
             self.subscribed_conids.add(conid)
 
     async def _wants_loop(self, ws: Transport) -> None:
-        interval = self.settings.resubscribe_interval
+        interval = self.events.marketdata.resubscribe_interval
         deadline = trio.current_time() + interval
         while True:
             # Take the event before syncing, so a want recorded while we send
             # is never missed.
-            changed = self.hub.wants_changed
+            changed = self.wants.changed
             await self._sync_conids(ws)
             with trio.move_on_at(deadline):
                 await changed.wait()
             if trio.current_time() >= deadline:
                 # The gateway expires market-data subscriptions after ~10-15 min.
                 for conid in sorted(self.subscribed_conids):
-                    await self._send(ws, md_subscribe(conid, self.settings.md_fields))
+                    await self._send(ws, md_subscribe(conid, self.events.marketdata.fields))
                 deadline = trio.current_time() + interval
 
     async def _idle_reaper(self) -> None:
-        idle = self.settings.idle_unsubscribe
+        idle = self.events.marketdata.idle_unsubscribe
         if idle <= 0:
             return
         while True:
             await trio.sleep(max(idle / 4, 0.01))
-            for conid in self.hub.expire_idle_conids(idle):
+            for conid in self.wants.expire_idle(idle):
                 log.info("market data for conid %d idle for %.0f s; unsubscribing", conid, idle)
 
     async def _keepalive(self, ws: Transport) -> None:
@@ -470,7 +425,7 @@ class Connector:
 
     async def _tickle_loop(self, session: GatewaySession) -> None:
         while True:
-            await trio.sleep(self.settings.tickle_interval)
+            await trio.sleep(self.gateway.tickle_interval)
             try:
                 await session.tickle()
             except GatewayError as exc:
@@ -485,7 +440,7 @@ class Connector:
     async def _watchdog(self) -> None:
         # One check per interval instead of a timeout around every read: a
         # cancel scope per frame costs more than the frame (PERF.md).
-        timeout = self.settings.heartbeat_timeout
+        timeout = self.events.heartbeat_timeout
         while True:
             silent_for = trio.current_time() - self._last_frame
             if silent_for >= timeout:

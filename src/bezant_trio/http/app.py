@@ -3,32 +3,30 @@
 Reads only from the hub (``bezant_trio.store.hub``) and from status callables
 the daemon hands in; never imports the connector. Responses reuse each
 event's pre-encoded JSON bytes: nothing is re-serialised per request. Plain
-polls are answered in front of Quart by ``http.fastpath`` (same bytes, see
-``HttpContext.fast_polls``); everything else, every error included, is here.
+polls are answered in front of Quart by ``http.fastpath`` (same bytes);
+everything else, every error included, is here.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from bezant_trio.http.context import HttpContext
 from bezant_trio.http.errors import UNAUTHORIZED_MESSAGE, ApiError, error_response, json_response
 from bezant_trio.http.fastpath import FastPolls
+from bezant_trio.http.metrics import CONTENT_TYPE, DaemonMetrics
 from bezant_trio.http.openapi import openapi_spec
-from bezant_trio.http.params import bearer_matches, check_topic, conid_of, int_arg
+from bezant_trio.http.params import bearer_matches, check_topic, int_arg, want_conid
 from bezant_trio.http.poll import events_body, poll_args, read_poll
 from bezant_trio.http.sse import SseStreams
-from bezant_trio.model import parse_ts
-from bezant_trio.store.hub import Hub, HubRead, TooManyConids, marketdata_topic
+from bezant_trio.model import conid_of, marketdata_topic, parse_ts
+from bezant_trio.store.hub import Hub, HubRead
 
-__all__ = ["HttpContext", "create_app"]
+__all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -36,30 +34,21 @@ HISTORY_DEFAULT_LIMIT = 500
 HISTORY_MAX_LIMIT = 5000
 
 
-@dataclass
-class HttpContext:
-    """What the HTTP layer needs from the rest of the daemon."""
+def create_app(
+    ctx: HttpContext,
+    *,
+    streams: SseStreams | None = None,
+    fast_polls: FastPolls | None = None,
+    metrics: DaemonMetrics | None = None,
+) -> QuartTrio:
+    """Build the app; serve it with ``hypercorn.trio.serve``.
 
-    hub: Hub | None
-    token: str | None = None
-    #: Extra ``_status`` fields (connector, sinks), merged over the hub's.
-    status_extra: Callable[[], dict[str, Any]] = dict
-    #: ``(status, body)`` for ``/health``.
-    health: Callable[[], tuple[int, dict[str, Any]]] = lambda: (200, {"status": "ok"})
-    #: Prometheus text for ``/metrics``; ``None`` answers 404.
-    metrics: Callable[[], Awaitable[bytes] | bytes] | None = None
-    #: Whether ``/events/{topic}/history`` can be served (the log is on).
-    history_enabled: Callable[[], bool] = lambda: False
-    #: ``GET /events/{topic}/stream`` (Server-Sent Events) and its settings.
-    streams: SseStreams = field(default_factory=SseStreams)
-    #: The ASGI fast path in front of Quart for plain polls (on by default).
-    fast_polls: FastPolls = field(default_factory=FastPolls)
-    #: Extra registrars (request metrics, ...) get the app and this context.
-    extensions: list[Callable[[QuartTrio, HttpContext], None]] = field(default_factory=list)
-
-
-def create_app(ctx: HttpContext) -> QuartTrio:
-    """Build the app; serve it with ``hypercorn.trio.serve``."""
+    ``streams`` serves ``/events/{topic}/stream``, ``fast_polls`` answers
+    plain polls in front of Quart (both built fresh when not given);
+    ``metrics`` answers ``/metrics`` and counts every request (404 without).
+    """
+    streams = streams if streams is not None else SseStreams()
+    fast_polls = fast_polls if fast_polls is not None else FastPolls()
     app = QuartTrio("bezant_trio")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
@@ -105,13 +94,10 @@ def create_app(ctx: HttpContext) -> QuartTrio:
         return json_response(openapi_spec())
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        if ctx.metrics is None:
+    async def metrics_text() -> Response:
+        if metrics is None:
             raise ApiError(404, "not_found", "metrics are not enabled")
-        body = ctx.metrics()
-        if not isinstance(body, bytes):
-            body = await body
-        return Response(body, content_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics.render(), content_type=CONTENT_TYPE)
 
     @app.get("/events/_status")
     async def events_status() -> Response:
@@ -128,30 +114,23 @@ def create_app(ctx: HttpContext) -> QuartTrio:
             raise ApiError(
                 400, "invalid_query", "conid is required: /events/marketdata?conid=265598"
             )
-        try:
-            hub.want_conid(conid)
-        except TooManyConids as exc:
-            raise ApiError(429, "too_many_conids", str(exc)) from None
+        want_conid(ctx.wants, conid)
         return await _poll(hub, marketdata_topic(conid))
 
     @app.get("/events/<topic>")
     async def events_topic(topic: str) -> Response:
         hub = _require_hub(ctx)
         check_topic(topic)
-        if topic.startswith("marketdata:"):
-            conid = conid_of(topic)
-            if conid is not None:
-                try:
-                    hub.want_conid(conid)
-                except TooManyConids as exc:
-                    raise ApiError(429, "too_many_conids", str(exc)) from None
+        conid = conid_of(topic)
+        if conid is not None:
+            want_conid(ctx.wants, conid)
         return await _poll(hub, topic)
 
     @app.get("/events/<topic>/history")
     async def events_history(topic: str) -> Response:
         hub = _require_hub(ctx)
         check_topic(topic)
-        if not ctx.history_enabled() or hub.event_log is None:
+        if hub.event_log is None:
             raise ApiError(
                 503,
                 "events_history_disabled",
@@ -177,11 +156,7 @@ def create_app(ctx: HttpContext) -> QuartTrio:
                 ) from None
         if since_ts is None and since_cursor is None:
             since_cursor = 0
-        events = await trio.to_thread.run_sync(
-            lambda: hub.event_log.history(
-                topic, since_ts=since_ts, since_cursor=since_cursor, limit=limit
-            )
-        )
+        events = await hub.history(topic, since_ts=since_ts, since_cursor=since_cursor, limit=limit)
         body = b"".join(
             (
                 b'{"topic":"',
@@ -195,10 +170,10 @@ def create_app(ctx: HttpContext) -> QuartTrio:
         )
         return json_response(body)
 
-    ctx.streams.install(app, ctx)
-    for extend in ctx.extensions:
-        extend(app, ctx)
-    ctx.fast_polls.install(app, ctx)
+    streams.install(app, ctx)
+    if metrics is not None:
+        metrics.install(app, fast_polls)
+    fast_polls.install(app, ctx)
     return app
 
 

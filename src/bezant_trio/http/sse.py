@@ -30,20 +30,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import orjson
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from bezant_trio.http.context import HttpContext
 from bezant_trio.http.errors import ApiError
-from bezant_trio.http.params import check_topic, conid_of, int_arg, parse_int
-from bezant_trio.model import Event, GapReason, format_ts
-from bezant_trio.store.hub import Hub, TooManyConids
-
-if TYPE_CHECKING:
-    from bezant_trio.http.app import HttpContext
+from bezant_trio.http.params import check_topic, int_arg, parse_int, want_conid
+from bezant_trio.model import Event, GapReason, conid_of, format_ts
+from bezant_trio.store.hub import Hub
+from bezant_trio.wants import TooManyConids, Wants
 
 __all__ = ["SseSettings", "SseStreams"]
 
@@ -91,12 +89,9 @@ class SseStreams:
                 since = int_arg("since", 0, minimum=0) or 0
             conid = conid_of(topic)
             if conid is not None:
-                try:
-                    hub.want_conid(conid)
-                except TooManyConids as exc:
-                    raise ApiError(429, "too_many_conids", str(exc)) from None
+                want_conid(ctx.wants, conid)
             response = Response(
-                self._frames(hub, topic, since, conid),
+                self._frames(hub, ctx.wants, topic, since, conid),
                 status=200,
                 content_type="text/event-stream; charset=utf-8",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
@@ -106,7 +101,7 @@ class SseStreams:
             return response
 
     async def _frames(
-        self, hub: Hub, topic: str, cursor: int, conid: int | None
+        self, hub: Hub, wants: Wants, topic: str, cursor: int, conid: int | None
     ) -> AsyncIterator[bytes]:
         # No cancel scope or nursery spans a `yield` here: Quart drives this
         # generator from its own task, and Trio scopes must not cross a yield.
@@ -118,7 +113,7 @@ class SseStreams:
             )
             while True:
                 if conid is not None:
-                    _keep_wanted(hub, conid)
+                    _keep_wanted(wants, conid)
                 answer = await hub.read(topic, cursor, settings.batch)
                 if answer.expired:
                     resume = _resume_cursor(cursor, answer.head_cursor)
@@ -158,10 +153,10 @@ def _resume_cursor(since: int, head: int) -> int:
     return head if head >= since else 0
 
 
-def _keep_wanted(hub: Hub, conid: int) -> None:
+def _keep_wanted(wants: Wants, conid: int) -> None:
     # A stream is a poll that never ends: keep its conid from going idle.
     try:
-        hub.want_conid(conid)
+        wants.want(conid)
     except TooManyConids:
         pass  # it was wanted when the stream began; the events keep coming if it still is
 

@@ -86,6 +86,8 @@ CHECKPOINT_INTERVAL = 0.5
 RELOAD_GRACE = 5.0
 #: Upper bound on a sink's own ``aclose()``.
 SINK_CLOSE_TIMEOUT = 5.0
+#: What ``aclose`` keeps of its time, at most, for storing checkpoints and closing.
+CHECKPOINT_RESERVE = 1.0
 #: When ``run`` is cancelled without ``aclose``: bound on the final checkpoint flush.
 FINAL_FLUSH_TIMEOUT = 5.0
 
@@ -698,8 +700,8 @@ class SinkManager:
             self._nursery = None
             if not self._closed.is_set():
                 # Cancelled without aclose(): still keep what was acknowledged.
-                with trio.CancelScope(shield=True), trio.move_on_after(FINAL_FLUSH_TIMEOUT):
-                    await self._finish(grace=0)
+                now = trio.current_time()
+                await self._finish(now, now + FINAL_FLUSH_TIMEOUT)
 
     async def _start(self, runner: _SinkRunner) -> None:
         assert self._nursery is not None
@@ -816,7 +818,7 @@ class SinkManager:
             }
             wanted = {spec.name for spec in specs}
             retiring = [r for n, r in old.items() if n not in wanted or n in fresh]
-            await self._retire(retiring, RELOAD_GRACE)
+            await self._retire(retiring, trio.current_time() + RELOAD_GRACE)
             elog = self.hub.event_log
             for runner in retiring:
                 if runner.spec.name in wanted:
@@ -843,13 +845,13 @@ class SinkManager:
                 len(specs) - len(fresh),
             )
 
-    async def _retire(self, runners: Sequence[_SinkRunner], grace: float) -> None:
-        """Stop ``runners`` (batch in flight bounded by ``grace``), flush, close their sinks."""
+    async def _retire(self, runners: Sequence[_SinkRunner], finish_by: float) -> None:
+        """Stop ``runners`` (batches in flight may run until ``finish_by``), flush, close them."""
         if not runners:
             return
         for runner in runners:
             runner.request_stop()
-        with trio.move_on_after(grace):
+        with trio.move_on_at(finish_by):
             for runner in runners:
                 if runner.started:
                     await runner.stopped.wait()
@@ -865,14 +867,22 @@ class SinkManager:
 
     # ---------------------------------------------------------------- stop
 
-    async def aclose(self, grace: float) -> None:
-        """Graceful stop: finish batches in flight (up to ``grace`` s), persist, close sinks.
+    async def aclose(self, deadline: float, *, finish_by: float | None = None) -> None:
+        """Graceful stop, over by ``deadline`` (a ``trio.current_time()``).
 
-        Idempotent; ``run`` returns once this is done.
+        Batches in flight may finish until ``finish_by``; then every sink is
+        cancelled, its checkpoints are stored and it is closed, all by
+        ``deadline``, even while the caller is being cancelled. By default
+        ``finish_by`` leaves a quarter of the time (at most
+        ``CHECKPOINT_RESERVE``) for the checkpoints. Idempotent; ``run``
+        returns once this is done.
         """
-        await self._finish(grace)
+        if finish_by is None:
+            left = max(0.0, deadline - trio.current_time())
+            finish_by = deadline - min(CHECKPOINT_RESERVE, left / 4)
+        await self._finish(min(finish_by, deadline), deadline)
 
-    async def _finish(self, grace: float) -> None:
+    async def _finish(self, finish_by: float, deadline: float) -> None:
         if self._finishing:
             await self._closed.wait()
             return
@@ -880,10 +890,9 @@ class SinkManager:
         try:
             # Shielded and bounded: checkpoints must reach the log even when the
             # caller is being cancelled, or the next start redelivers more.
-            deadline = trio.current_time() + grace + SINK_CLOSE_TIMEOUT
             with trio.CancelScope(shield=True, deadline=deadline):
                 async with self._reload_lock:
-                    await self._retire(list(self._runners.values()), grace)
+                    await self._retire(list(self._runners.values()), finish_by)
         finally:
             self._closed.set()
 

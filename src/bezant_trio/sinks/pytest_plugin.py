@@ -106,7 +106,7 @@ async def bezant_sink_manager_factory(
 
     yield start
     for manager in started:
-        await manager.aclose(TEARDOWN_GRACE)
+        await manager.aclose(trio.current_time() + TEARDOWN_GRACE)
 
 
 @pytest.fixture

@@ -19,20 +19,19 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from bezant_trio.model import GAP_TOPIC, Event, GapReason, encode_payload
+from bezant_trio.store.checkpoints import CheckpointStore, MemoryCheckpoints, SqliteCheckpoints
 from bezant_trio.store.ring import ReadStatus, TopicRing
+from bezant_trio.util import describe
 
-__all__ = [
-    "UNCLEAN_CURSOR_SKIP",
-    "Hub",
-    "HubRead",
-    "TooManyConids",
-    "marketdata_topic",
-]
+if TYPE_CHECKING:
+    from bezant_trio.store.log import EventLog
+
+__all__ = ["UNCLEAN_CURSOR_SKIP", "Hub", "HubRead"]
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +51,6 @@ MAX_PENDING = 50_000
 #: 1,000 events/s; 0.75 ms at 0.5 ms, bench/ANALYSIS.md). Since the connector
 #: reads whole socket buffers, a busy reader finds full batches ready anyway.
 WAKE_INTERVAL = 0.0005
-
-
-def marketdata_topic(conid: int) -> str:
-    """The topic name market data for ``conid`` is captured under."""
-    return f"marketdata:{conid}"
-
-
-class TooManyConids(Exception):
-    """More conids are wanted than ``events.marketdata.max_conids`` allows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,23 +108,24 @@ class _LogState:
 class Hub:
     """Per-topic cursor logs in memory, optionally backed by an ``EventLog``.
 
-    ``capacity_for`` maps a topic to its ring capacity. ``event_log`` is a
-    :class:`bezant_trio.store.log.EventLog` (or ``None`` for memory only); its
-    methods are called off the Trio thread.
+    ``capacity_for`` maps a topic to its ring capacity. ``event_log`` is the
+    durable log (``None`` for memory only); its methods are called off the
+    Trio thread. Sink checkpoints are kept next to the events, in
+    :attr:`checkpoints`.
     """
 
     def __init__(
         self,
         capacity_for: Callable[[str], int],
         *,
-        event_log: Any = None,
-        max_conids: int = 100,
-        clock: Callable[[], float] = time.monotonic,
+        event_log: EventLog | None = None,
     ) -> None:
         self._capacity_for = capacity_for
         self.event_log = event_log
-        self.max_conids = max_conids
-        self._clock = clock
+        #: Where sink checkpoints live: in the log's table, or in memory without a log.
+        self.checkpoints: CheckpointStore = (
+            SqliteCheckpoints(event_log) if event_log is not None else MemoryCheckpoints()
+        )
         self._rings: dict[str, TopicRing] = {}
         #: Next cursor to assign, per topic (cursor of the last *assigned* event).
         self._assigned: dict[str, int] = {}
@@ -154,9 +145,6 @@ class Hub:
         self.log_state = _LogState()
         self._log_stats: Any = None
         self._log_stats_at = 0.0
-        #: conid -> monotonic time of the last poll that wanted it.
-        self._wanted: dict[int, float] = {}
-        self.wants_changed = trio.Event()
         #: Set (then replaced) when a topic gets its first visible event.
         self.topics_changed = trio.Event()
         #: Called with (latency_seconds, event_count) after every commit (metrics).
@@ -372,6 +360,30 @@ class Hub:
         events = [e for e in events if e.cursor <= ring.last]
         return HubRead(events, events[-1].cursor if events else since, ring.last)
 
+    async def history(
+        self,
+        topic: str,
+        *,
+        since_ts: float | None = None,
+        since_cursor: int | None = None,
+        limit: int = 500,
+    ) -> list[Event]:
+        """Events of ``topic`` from the durable log, by received time and/or cursor.
+
+        Both bounds are exclusive; with neither, from the oldest event kept.
+        Only what is visible is returned (a committed event the ring does not
+        show yet is left for the next call). Needs the log: raises
+        ``RuntimeError`` without one (callers check :attr:`event_log`).
+        """
+        elog = self.event_log
+        if elog is None:
+            raise RuntimeError("history needs the durable log")
+        events = await trio.to_thread.run_sync(
+            lambda: elog.history(topic, since_ts=since_ts, since_cursor=since_cursor, limit=limit)
+        )
+        head = self.head(topic)
+        return [e for e in events if e.cursor <= head]
+
     async def wait(self, topic: str, since: int, timeout: float, *, limit: int = 1) -> bool:
         """Wait up to ``timeout`` seconds for an event after ``since``; True if one exists.
 
@@ -452,7 +464,7 @@ class Hub:
                 if not backlog:  # no checkpoint since the check: nothing can sneak in
                     break
         except Exception as exc:  # still failing: stay degraded and retry later
-            self.log_state.last_error = _describe(exc)
+            self.log_state.last_error = describe(exc)
             return
         log.warning("event log recovered; the backlog is committed")
         self.log_state.degraded = False
@@ -460,11 +472,9 @@ class Hub:
     def _enter_degraded(self, exc: BaseException) -> None:
         """Serve from memory: make everything pending visible and keep it to retry."""
         if not self.log_state.degraded:
-            log.error(
-                "event log write failed, serving from memory and retrying: %s", _describe(exc)
-            )
+            log.error("event log write failed, serving from memory and retrying: %s", describe(exc))
         self.log_state.degraded = True
-        self.log_state.last_error = _describe(exc)
+        self.log_state.last_error = describe(exc)
         pending, self._pending = self._pending, []
         self.log_state.backlog.extend(pending)
         self._make_visible(pending)
@@ -490,42 +500,6 @@ class Hub:
         for observer in self.commit_observers:
             observer(latency, count)
 
-    # ------------------------------------------------------------ market data
-
-    def want_conid(self, conid: int) -> bool:
-        """Record that a poller wants market data for ``conid``; True if new.
-
-        Raises :class:`TooManyConids` when a new conid would exceed the limit.
-        """
-        is_new = conid not in self._wanted
-        if is_new and len(self._wanted) >= self.max_conids:
-            raise TooManyConids(
-                f"already {len(self._wanted)} market-data conids wanted (max_conids={self.max_conids}); "
-                "stop polling some or raise events.marketdata.max_conids"
-            )
-        self._wanted[conid] = self._clock()
-        if is_new:
-            self._signal_wants()
-        return is_new
-
-    def wanted_conids(self) -> list[int]:
-        """Every conid some poller wants, sorted."""
-        return sorted(self._wanted)
-
-    def expire_idle_conids(self, idle_seconds: float) -> list[int]:
-        """Forget conids nobody polled for ``idle_seconds``; returns them."""
-        now = self._clock()
-        idle = [c for c, seen in self._wanted.items() if now - seen >= idle_seconds]
-        for conid in idle:
-            del self._wanted[conid]
-        if idle:
-            self._signal_wants()
-        return idle
-
-    def _signal_wants(self) -> None:
-        self.wants_changed.set()
-        self.wants_changed = trio.Event()
-
     # ----------------------------------------------------------------- status
 
     def status(self) -> dict[str, Any]:
@@ -536,7 +510,6 @@ class Hub:
             "buffer_sizes": {t: len(r) for t, r in sorted(self._rings.items())},
             "head_cursors": {t: r.last for t, r in sorted(self._rings.items())},
             "events_published": dict(sorted(self.published.items())),
-            "wanted_conids": self.wanted_conids(),
             "pending": len(self._pending),
             "waiting": self.waiting,
         }
@@ -588,8 +561,3 @@ def _mark_clean(elog: Any) -> None:
 
 def _read_log(elog: Any, topic: str, since: int, limit: int) -> tuple[list[Event], int]:
     return elog.read_since(topic, since, limit), elog.pruned_upto(topic)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
