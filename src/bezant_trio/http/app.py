@@ -1,4 +1,4 @@
-"""The Quart-Trio app: the REST surface of DESIGN.md §4.
+"""The Quart-Trio app: the REST surface (docs/api.md), every route and every error.
 
 Reads only from the hub (``bezant_trio.store.hub``) and from status callables
 the daemon hands in; never imports the connector. Responses reuse each

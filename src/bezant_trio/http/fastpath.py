@@ -1,7 +1,7 @@
 """The ASGI fast path in front of Quart for the hot read: plain polls of ``GET /events/...``.
 
 Through Quart a poll costs a request context, werkzeug routing and the
-hooks: several times the daemon's own work for it (bench/ANALYSIS.md, P9).
+hooks: several times the daemon's own work for it (bench/ANALYSIS.md).
 This layer answers the polls it is sure about itself, ``GET /events/<topic>``
 and ``GET /events/marketdata?conid=N`` with a well-formed query and no
 request body, by calling the hub through the same code as the Quart route

@@ -46,7 +46,7 @@ MAX_PENDING = 50_000
 #: A reader asking for a batch (``limit`` > 1) that comes back within this long
 #: of the topic's previous answer, while fewer than ``limit`` events are ready,
 #: is held until the interval is over: under load each request then carries a
-#: batch instead of one event, and a quiet topic still answers at once (PERF.md).
+#: batch instead of one event, and a quiet topic still answers at once.
 #: 0.5 ms: at 2 ms the pacing itself was the SSE latency floor (p50 2.5 ms at
 #: 1,000 events/s; 0.75 ms at 0.5 ms, bench/ANALYSIS.md). Since the connector
 #: reads whole socket buffers, a busy reader finds full batches ready anyway.
