@@ -115,6 +115,10 @@ class GatewayConfig:
     tickle_interval: float = 60.0
     #: "wsproto" (the fast default) or "trio-websocket" (the reference library).
     websocket_client: str = "wsproto"
+    #: Take the brokerage session from a competing login (ssodh/init compete=true).
+    compete: bool = False
+    #: Seconds any REST call to the gateway may take.
+    request_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -299,7 +303,14 @@ def config_from_mapping(
 # --------------------------------------------------------------------------- sections
 
 _TOP_KEYS: Final = ("gateway", "http", "events", "store", "shutdown_grace", "sinks")
-_GATEWAY_KEYS: Final = ("url", "verify_tls", "tickle_interval", "websocket_client")
+_GATEWAY_KEYS: Final = (
+    "url",
+    "verify_tls",
+    "tickle_interval",
+    "websocket_client",
+    "compete",
+    "request_timeout",
+)
 _HTTP_KEYS: Final = ("bind", "token", "allow_unauthenticated")
 _EVENTS_KEYS: Final = (
     "capacity",
@@ -332,6 +343,10 @@ def _parse_gateway(raw: object) -> GatewayConfig:
         ),
         websocket_client=_get(
             section, "gateway", "websocket_client", d.websocket_client, _websocket_client
+        ),
+        compete=_get(section, "gateway", "compete", d.compete, _boolean),
+        request_timeout=_get(
+            section, "gateway", "request_timeout", d.request_timeout, _positive_seconds
         ),
     )
 

@@ -13,7 +13,7 @@ import trio
 from bezant_trio.config import config_from_mapping
 from bezant_trio.cpapi import connector as connector_module
 from bezant_trio.cpapi.connector import Connector
-from bezant_trio.cpapi.session import GatewayUnavailable
+from bezant_trio.cpapi.session import GatewayUnreachable
 from bezant_trio.cpapi.transport import CLIENTS
 from bezant_trio.http.context import HttpContext
 from bezant_trio.simulator import GatewaySimulator
@@ -248,7 +248,8 @@ async def test_auth_lost_frame_reconnects(nursery, sim, client) -> None:
         await sim.send_auth_status(authenticated=False)
         await wait_until(lambda: conn.reconnect_count == 1 and conn.connected)
     assert conn.hub.reset_epoch == 2
-    assert "authenticated=false" in (conn.last_error or "")
+    assert "authenticated=false" in conn.status()["last_disconnect"]["reason"]
+    assert conn.last_error is None  # cleared by the healthy connection that followed
 
 
 async def test_tickle_401_is_a_failed_attempt_with_a_clear_error(nursery, sim) -> None:
@@ -321,7 +322,7 @@ async def test_backoff_grows_while_failing_and_resets_after_a_healthy_connection
         if step == "healthy":
             await trio.sleep(120)  # up longer than backoff.max
             return True
-        raise GatewayUnavailable("down")
+        raise GatewayUnreachable("down")
 
     monkeypatch.setattr(connector_module.Connector, "_connect_once", fake_connect)
     hub = Hub(capacity_of())
@@ -331,7 +332,7 @@ async def test_backoff_grows_while_failing_and_resets_after_a_healthy_connection
     original = trio.sleep
 
     async def recording_sleep(seconds: float) -> None:
-        if conn.state == "backing_off":
+        if conn.next_retry_in is not None:
             conn_delays.append(seconds)
         await original(seconds)
 

@@ -31,7 +31,14 @@ from bezant_trio.cpapi.frames import (
     md_subscribe,
     md_unsubscribe,
 )
-from bezant_trio.cpapi.session import GatewayError, GatewaySession
+from bezant_trio.cpapi.session import (
+    GatewayCompeting,
+    GatewayError,
+    GatewayNeedsLogin,
+    GatewaySession,
+    GatewaySessionDown,
+    SessionStatus,
+)
 from bezant_trio.cpapi.transport import (
     HandshakeFailed,
     Transport,
@@ -40,7 +47,7 @@ from bezant_trio.cpapi.transport import (
 )
 from bezant_trio.model import GapReason, format_ts, marketdata_topic
 from bezant_trio.store.hub import Hub
-from bezant_trio.util import backoff_delay
+from bezant_trio.util import backoff_delay, describe
 from bezant_trio.wants import Wants
 
 if TYPE_CHECKING:
@@ -58,6 +65,12 @@ DRAIN_TIMEOUT = 2.0
 DRAIN_MAX = 10.0
 #: Most seconds for TCP, TLS and the WebSocket upgrade together.
 CONNECT_TIMEOUT = 10.0
+
+
+#: States that say why the last attempt failed; kept (not "connecting") while retrying.
+_FAILED_STATES = frozenset(
+    {"needs_login", "session_down", "competing", "gateway_unreachable", "gateway_silent"}
+)
 
 
 class _ConnectionEnded(Exception):
@@ -81,6 +94,7 @@ class Connector:
         self.events = events
         self.wants = wants
         self._rng = random.Random(seed)
+        #: True once the gateway's ready frame came on the current socket.
         self.connected = False
         self.reconnect_count = 0
         self.connect_count = 0
@@ -103,24 +117,50 @@ class Connector:
         self._conn_ended = trio.Event()
         self._stopping = False
         self._ready = False
+        #: Whether the current attempt's WebSocket opened (a silent one did).
+        self._opened = False
+        #: Whether any frame has arrived in this process (``last_message_at``).
+        self._frame_seen = False
+        #: Connection attempts since start, and the failed ones by reason.
+        self.connect_attempts = 0
+        self.failures: Counter[str] = Counter()
+        #: What the gateway said of itself (``_status.gateway``), None where it has not.
+        self.gateway_info: dict[str, Any] = {
+            "username": None,
+            "is_paper": None,
+            "server_name": None,
+            "server_version": None,
+            "authenticated": None,
+            "competing": None,
+        }
+        #: When and why the last connection that had been ready ended.
+        self.last_disconnect: dict[str, str] | None = None
+        #: The accounts ``/iserver/accounts`` listed at the last connect.
+        self.accounts: list[str] = []
 
     # ---------------------------------------------------------------- status
 
     def status(self) -> dict[str, Any]:
-        """The connector's part of ``/events/_status``."""
-        subscribed = [c for c in self.events.channels] if self.connected else []
-        subscribed += [marketdata_topic(c) for c in sorted(self.subscribed_conids)]
+        """The connector's part of ``/events/_status`` (docs/api.md, "Gateway states")."""
+        subscribed: list[str] = []
+        if self.connected:  # only what the gateway can have taken: sent after its ready frame
+            subscribed = list(self.events.channels)
+            subscribed += [marketdata_topic(c) for c in sorted(self.subscribed_conids)]
         return {
             "connected": self.connected,
             "state": self.state,
             "last_message_at": (
-                format_ts(self._wall_offset + self._last_frame) if self.connect_count else None
+                format_ts(self._wall_offset + self._last_frame) if self._frame_seen else None
             ),
             "reconnect_count": self.reconnect_count,
+            "connect_attempts": self.connect_attempts,
+            "failed_attempts": dict(sorted(self.failures.items())),
             "last_error": self.last_error,
+            "last_disconnect": self.last_disconnect,
             "next_retry_in": self.next_retry_in,
             "frames": {str(kind): count for kind, count in sorted(self.frames.items())},
-            "topics_subscribed": sorted(set(subscribed) | set(self.hub.topics())),
+            "topics_subscribed": sorted(subscribed),
+            "gateway": dict(self.gateway_info),
         }
 
     def status_line(self) -> str:
@@ -128,31 +168,52 @@ class Connector:
         if self.connected:
             return f"connected, epoch {self.hub.reset_epoch}, {len(self.hub.topics())} topics"
         if self.next_retry_in is not None:
-            return f"reconnecting in {self.next_retry_in:.0f} s: {self.last_error}"
+            return f"{self.state}, retrying in {self.next_retry_in:.0f} s: {self.last_error}"
         return f"{self.state}: {self.last_error or 'connecting'}"
+
+    @property
+    def receiving(self) -> bool:
+        """Connected, and a frame came within ``events.heartbeat_timeout``."""
+        silent_for = trio.current_time() - self._last_frame
+        return self.connected and silent_for < self.events.heartbeat_timeout
 
     # ------------------------------------------------------------------- run
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect and reconnect until cancelled."""
-        session = GatewaySession(self.gateway.url, verify_tls=self.gateway.verify_tls)
+        session = GatewaySession(
+            self.gateway.url,
+            verify_tls=self.gateway.verify_tls,
+            timeout=self.gateway.request_timeout,
+        )
         task_status.started()
         attempt = 0
         try:
             while True:
-                self.state = "connecting"
+                if self.state not in _FAILED_STATES:
+                    self.state = "connecting"
                 healthy = False
                 started = trio.current_time()
+                self.connect_attempts += 1
                 try:
                     healthy = await self._connect_once(session)
                 except GatewayError as exc:
-                    self._record_error(str(exc))
+                    self._record_failure(exc.state, exc.reason, str(exc))
                 except (OSError, ssl.SSLError, trio.BrokenResourceError) as exc:
-                    self._record_error(f"network: {type(exc).__name__}: {exc}")
+                    self._record_failure(
+                        "gateway_unreachable", "network", f"network: {describe(exc)}"
+                    )
                 except HandshakeFailed as exc:
-                    self._record_error(f"websocket handshake failed: {exc}")
+                    self._record_failure(
+                        "gateway_unreachable", "handshake", f"websocket handshake failed: {exc}"
+                    )
                 except _ConnectionEnded as exc:
-                    self._record_error(str(exc))
+                    if self._ready:
+                        self.last_error = str(exc)
+                        self.last_disconnect = {"at": format_ts(), "reason": str(exc)}
+                        self.state = "connecting"
+                    else:
+                        self._record_failure(self._silent_state(), "no_ready", str(exc))
                 if self.connected:
                     self._mark_disconnected()
                 if self._stopping:
@@ -164,10 +225,9 @@ class Connector:
                 delay = backoff_delay(
                     attempt, self.events.backoff.min, self.events.backoff.max, self._rng
                 )
-                self.state = "backing_off"
                 self.next_retry_in = round(delay, 3)
                 log.warning(
-                    "gateway connection ended (%s); retrying in %.2f s", self.last_error, delay
+                    "gateway %s (%s); retrying in %.2f s", self.state, self.last_error, delay
                 )
                 await trio.sleep(delay)
                 self.next_retry_in = None
@@ -176,8 +236,15 @@ class Connector:
             with trio.CancelScope(shield=True):
                 await session.aclose()
 
-    def _record_error(self, message: str) -> None:
+    def _record_failure(self, state: str, reason: str, message: str) -> None:
+        """A failed attempt: the state it implies, a metric label, and the words for a user."""
+        self.state = state
+        self.failures[reason] += 1
         self.last_error = message
+
+    def _silent_state(self) -> str:
+        # A socket that opened but never sent the ready frame is a silent gateway.
+        return "gateway_silent" if self._opened else self.state
 
     def _mark_disconnected(self) -> None:
         self.connected = False
@@ -238,9 +305,10 @@ class Connector:
 
     async def _connect_once(self, session: GatewaySession) -> bool:
         """One connection, from tickle to its end. Returns whether it got ready."""
-        session_id = await session.tickle()
-        self._end_reason = None
+        self._opened = False
         self._ready = False
+        session_id = await self._ready_session(session)
+        self._end_reason = None
         self._barrier = None
         self._conn_ended = trio.Event()
         try:
@@ -278,13 +346,56 @@ class Connector:
             self._conn_ended.set()
         return self._ready
 
+    async def _ready_session(self, session: GatewaySession) -> str:
+        """Tickle, recover the brokerage session if it is down, list the accounts.
+
+        Returns the session id for the WebSocket cookie. The gateway keeps a
+        brokerage session of its own behind the login: when it is down
+        (``authenticated: false``) ``ssodh/init`` asks for it again, taking it
+        from a competing login only with ``gateway.compete: true``. The orders
+        stream stays silent until ``/iserver/accounts`` has been called.
+        """
+        status = await session.tickle()
+        self._note_session(status)
+        if status.competing and not self.gateway.compete:
+            raise GatewayCompeting(
+                "another login (TWS, the mobile app, another gateway) holds the brokerage "
+                "session; log out there, or set gateway.compete: true to take it"
+            )
+        if not status.authenticated or status.competing:
+            self.state = "session_down"
+            log.info("the brokerage session is down; asking the gateway to open it (ssodh/init)")
+            self._note_session(await session.init_brokerage_session(compete=self.gateway.compete))
+            status = await session.tickle()
+            self._note_session(status)
+            if not status.authenticated:
+                detail = f" ({status.message})" if status.message else ""
+                raise GatewaySessionDown(
+                    "the gateway is logged in but its brokerage session is not authenticated"
+                    f"{detail}; retrying ssodh/init (is the account logged in elsewhere?)"
+                )
+        assert status.session is not None  # tickle always has one
+        self.accounts = await session.accounts()
+        self.gateway_info["accounts"] = list(self.accounts)
+        return status.session
+
+    def _note_session(self, status: SessionStatus) -> None:
+        info = self.gateway_info
+        for key, value in (
+            ("authenticated", status.authenticated),
+            ("competing", status.competing),
+            ("server_name", status.server_name),
+            ("server_version", status.server_version),
+        ):
+            if value is not None:
+                info[key] = value
+
     async def _on_open(self) -> None:
+        self._opened = True
         self.connect_count += 1
         self._last_frame = trio.current_time()
         self._wall_offset = time.time() - self._last_frame
         self._ready_event = trio.Event()
-        self.connected = True
-        self.state = "connected"
         if self.connect_count > 1:
             # Everything the gateway sent while we were away is gone upstream.
             self.reconnect_count += 1
@@ -293,7 +404,9 @@ class Connector:
                 disconnected_at=self._disconnected_at,
                 reconnected_at=format_ts(),
             )
-        log.info("gateway websocket open (epoch %d)", self.hub.reset_epoch)
+        log.info(
+            "gateway websocket open (epoch %d); waiting for its ready frame", self.hub.reset_epoch
+        )
 
     # ------------------------------------------------------------ conn tasks
 
@@ -314,6 +427,7 @@ class Connector:
                     self.end_connection(f"socket closed by the gateway (code {exc.code})")
                 return
             self._last_frame = clock()
+            self._frame_seen = True
             for message in batch:
                 if isinstance(message, bytes):
                     frames["binary"] += 1
@@ -333,7 +447,7 @@ class Connector:
         """Everything but a data event: ready, heartbeats, sts, session, errors."""
         kind = frame.kind
         if kind is FrameKind.READY:
-            self._on_ready()
+            self._on_ready(frame.data)
             if self._subscribed_early:
                 # Our subscriptions went out before ready and were dropped.
                 await self._subscribe_all(ws)
@@ -350,9 +464,21 @@ class Connector:
         elif kind is FrameKind.ERROR:
             log.warning("gateway error frame: %.200s", message)
 
-    def _on_ready(self) -> None:
+    def _on_ready(self, greeting: dict[str, Any] | None) -> None:
+        """The gateway's ``system`` greeting: subscriptions are honoured from now on."""
         self._ready = True
         self._ready_event.set()
+        self.connected = True
+        self.state = "connected"
+        self.last_error = None  # a healthy connection clears what failed before
+        if greeting:
+            username = greeting.get("success")
+            if isinstance(username, str):
+                self.gateway_info["username"] = username
+            is_paper = greeting.get("isPaper")
+            if isinstance(is_paper, bool):
+                self.gateway_info["is_paper"] = is_paper
+        log.info("gateway ready (epoch %d)", self.hub.reset_epoch)
 
     async def _wait_ready(self) -> None:
         self._subscribed_early = False
@@ -362,11 +488,12 @@ class Connector:
             await self._ready_event.wait()
             return
         self._subscribed_early = True
-        log.warning(
-            "no ready frame from the gateway within %.1f s; subscribing anyway "
-            "(and again when it arrives)",
-            self.events.ready_timeout,
+        self.state = "gateway_silent"
+        self.last_error = (
+            f"the gateway's WebSocket opened but sent no ready frame within "
+            f"{self.events.ready_timeout:g} s (is its brokerage session up?); still waiting"
         )
+        log.warning("%s; subscribing anyway (and again when it arrives)", self.last_error)
 
     async def _subscribe_all(self, ws: Transport) -> None:
         for channel in self.events.channels:
@@ -427,15 +554,22 @@ class Connector:
         while True:
             await trio.sleep(self.gateway.tickle_interval)
             try:
-                await session.tickle()
+                status = await session.tickle()
+            except GatewayNeedsLogin as exc:
+                # The login is gone: the socket will only heartbeat from now on.
+                self._record_failure(exc.state, exc.reason, str(exc))
+                self.drain_connection(f"keepalive failed: {exc}")
+                return
             except GatewayError as exc:
-                # A 401 means the session is gone and the socket will only
-                # heartbeat from now on; a network hiccup is judged by the
-                # heartbeat watchdog instead.
-                self.last_error = str(exc)
-                if "401" in str(exc) or "not authenticated" in str(exc):
-                    self.drain_connection(f"keepalive failed: {exc}")
-                    return
+                # A network hiccup is judged by the heartbeat watchdog instead.
+                log.warning("keepalive tickle failed: %s", exc)
+                continue
+            self._note_session(status)
+            if status.authenticated is False or status.competing:
+                # Reconnecting runs the brokerage-session recovery first.
+                self.state = "competing" if status.competing else "session_down"
+                self.drain_connection(f"keepalive: the brokerage session is {self.state}")
+                return
 
     async def _watchdog(self) -> None:
         # One check per interval instead of a timeout around every read: a
