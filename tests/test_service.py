@@ -23,8 +23,8 @@ import trio
 import yaml
 
 from bezant_trio import logs
-from bezant_trio.config import config_from_mapping
-from bezant_trio.daemon import Daemon, config_secrets
+from bezant_trio.config import config_from_mapping, config_secrets
+from bezant_trio.daemon import Daemon
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.store.log import EventLog
 from helpers import wait_until

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-import orjson
 import trio
 
 from bezant_trio import __version__
@@ -144,9 +143,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         validate_sink_configs(config.sinks)
     except (ConfigError, SinkConfigError) as exc:
         return _config_error(exc)
-    sys.stdout.write(
-        orjson.dumps(config.to_dict(mask_secrets=True), option=orjson.OPT_INDENT_2).decode() + "\n"
-    )
+    sys.stdout.write(config.to_json(mask_secrets=True) + "\n")
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import trio
 
 from bezant_trio import logs
-from bezant_trio.config import Config, ConfigError, load_config
+from bezant_trio.config import Config, ConfigError, config_secrets, load_config
 from bezant_trio.cpapi.connector import Connector
 from bezant_trio.errors import StartupError
 from bezant_trio.http import HttpService
@@ -306,28 +306,6 @@ class Daemon:
             "connected": connected,
             "log": log_state,
         }
-
-
-def config_secrets(config: Config) -> list[str]:
-    """Every secret value of ``config`` (the token, sink secrets): what logs must never show.
-
-    Found as the values :meth:`Config.to_dict` masks, so it stays in step
-    with what ``check-config`` hides.
-    """
-    found: list[str] = []
-    _collect_masked(config.to_dict(mask_secrets=False), config.to_dict(mask_secrets=True), found)
-    return found
-
-
-def _collect_masked(plain: Any, masked: Any, found: list[str]) -> None:
-    if isinstance(plain, dict) and isinstance(masked, dict):
-        for key, value in plain.items():
-            _collect_masked(value, masked.get(key), found)
-    elif isinstance(plain, list) and isinstance(masked, list):
-        for value, hidden in zip(plain, masked, strict=False):
-            _collect_masked(value, hidden, found)
-    elif isinstance(plain, str) and masked != plain:
-        found.append(plain)
 
 
 @asynccontextmanager
