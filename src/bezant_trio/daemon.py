@@ -158,6 +158,7 @@ class Daemon:
             token=config.http.token,
             status_extra=self._status_extra,
             health=self._health,
+            readiness=self._readiness,
             connector_status=lambda: self.connector.status() if self.connector else None,
             sinks_status=sinks.status,
             capacity_for=config.events.capacity_for,
@@ -292,6 +293,26 @@ class Daemon:
         extra["uptime_seconds"] = self.hub.uptime_seconds()
         extra["sinks"] = self.sinks.status() if self.sinks is not None else {}
         return extra
+
+    def _readiness(self) -> tuple[int, dict[str, Any]]:
+        """``/health/ready``: 200 when connected and receiving with a writable log, else 503."""
+        reasons: list[str] = []
+        if self.state != "serving" or self.hub is None:
+            reasons.append(f"the daemon is {self.state}")
+        elif self.connector is None:
+            reasons.append("not connecting to a gateway")
+        elif not self.connector.connected:
+            error = self.connector.last_error
+            reasons.append(f"gateway {self.connector.state}" + (f": {error}" if error else ""))
+        elif not self.connector.receiving:
+            reasons.append(
+                f"no frame from the gateway for {self.config.events.heartbeat_timeout:g} s"
+            )
+        if self.hub is not None and self.hub.event_log is not None and self.hub.log_state.degraded:
+            reasons.append(f"the event log is degraded: {self.hub.log_state.last_error}")
+        if reasons:
+            return 503, {"status": "not_ready", "reason": "; ".join(reasons)}
+        return 200, {"status": "ready"}
 
     def _health(self) -> tuple[int, dict[str, Any]]:
         if self.state != "serving" or self.hub is None:

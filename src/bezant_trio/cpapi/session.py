@@ -11,6 +11,8 @@ message or a log line, and neither does a URL's userinfo or query.
 
 from __future__ import annotations
 
+import errno
+import socket
 import ssl
 import urllib.parse
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bezant_trio.util import first_line
+from bezant_trio.util import describe
 
 __all__ = [
     "GatewayCompeting",
@@ -274,13 +276,35 @@ def _text(value: Any) -> str | None:
 
 
 def _reason(exc: BaseException) -> str:
-    """A transport error in words, without the URL httpx puts in some messages."""
-    text = first_line(exc)
-    if "Connection refused" in text or "[Errno 111]" in text:
-        return "connection refused"
-    if "Name or service not known" in text or "nodename nor servname" in text:
-        return "the host name does not resolve"
-    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+    """A transport error in words: the OS's reason when one is in the chain."""
+    for cause in _chain(exc):
+        if (
+            isinstance(cause, ConnectionRefusedError)
+            or getattr(cause, "errno", None) == errno.ECONNREFUSED
+        ):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "the host name does not resolve"
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror.lower()
+    return describe(exc)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes, and the members of exception groups among them."""
+    seen: list[BaseException] = []
+    pending = [exc]
+    while pending and len(seen) < 20:
+        item = pending.pop(0)
+        if item in seen:
+            continue
+        seen.append(item)
+        if isinstance(item, BaseExceptionGroup):
+            pending.extend(item.exceptions)
+        for linked in (item.__cause__, item.__context__):
+            if linked is not None:
+                pending.append(linked)
+    return seen
 
 
 def _is_cert_failure(exc: BaseException) -> bool:

@@ -30,6 +30,8 @@ __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
+#: Health probes answer without the token (orchestrators probe without secrets).
+HEALTH_ROUTES = frozenset({"/health", "/health/live", "/health/ready"})
 HISTORY_DEFAULT_LIMIT = 500
 HISTORY_MAX_LIMIT = 5000
 
@@ -55,7 +57,7 @@ def create_app(
 
     @app.before_request
     async def _authenticate() -> Response | None:
-        if ctx.token is None or request.path == "/health":
+        if ctx.token is None or request.path in HEALTH_ROUTES:
             return None
         if not bearer_matches(request.headers.get("authorization", ""), ctx.token):
             return error_response(401, "unauthorized", UNAUTHORIZED_MESSAGE)
@@ -87,6 +89,16 @@ def create_app(
     @app.get("/health")
     async def health() -> Response:
         status, body = ctx.health()
+        return json_response(body, status=status)
+
+    @app.get("/health/live")
+    async def health_live() -> Response:
+        # The process runs and answers: all a liveness probe asks.
+        return json_response({"status": "alive"})
+
+    @app.get("/health/ready")
+    async def health_ready() -> Response:
+        status, body = ctx.readiness()
         return json_response(body, status=status)
 
     @app.get("/openapi.json")

@@ -32,12 +32,14 @@ class HttpContext:
     hub: Hub | None
     #: Market-data demand: polls and streams of ``marketdata:<conid>`` record here.
     wants: Wants = field(default_factory=lambda: Wants(100))
-    #: The bearer token every route but ``/health`` needs; ``None``: no authentication.
+    #: The bearer token every route but ``/health*`` needs; ``None``: no authentication.
     token: str | None = None
     #: Extra ``_status`` fields (connector, sinks), merged over the hub's.
     status_extra: Callable[[], dict[str, Any]] = dict
     #: ``(status, body)`` for ``/health``.
     health: Callable[[], tuple[int, dict[str, Any]]] = _ok
+    #: ``(status, body)`` for ``/health/ready``: 200 once connected, receiving, log writable.
+    readiness: Callable[[], tuple[int, dict[str, Any]]] = _ok
     #: The connector's status dict for ``/metrics`` (None when not connecting).
     connector_status: Callable[[], dict[str, Any] | None] = lambda: None
     #: The sink manager's status dict for ``/metrics``.

@@ -231,6 +231,28 @@ class _LiveCollector(Collector):
             "Reconnects to the gateway since the process started.",
             value=(connector or {}).get("reconnect_count", 0),
         )
+        attempts = CounterMetricFamily(
+            "bezant_gateway_connect_attempts",
+            "Connection attempts to the gateway since the process started.",
+            value=(connector or {}).get("connect_attempts", 0),
+        )
+        yield attempts
+        failures = CounterMetricFamily(
+            "bezant_gateway_connect_failures",
+            "Failed connection attempts by reason (timeout, refused, needs_login, no_ready, ...).",
+            labels=["reason"],
+        )
+        for reason, count in (connector or {}).get("failed_attempts", {}).items():
+            failures.add_metric([reason], count)
+        yield failures
+        state = GaugeMetricFamily(
+            "bezant_gateway_state",
+            "1 for the state the gateway connection is in (docs/api.md, gateway states).",
+            labels=["state"],
+        )
+        if connector is not None:
+            state.add_metric([str(connector.get("state", "unknown"))], 1)
+        yield state
         frames = CounterMetricFamily(
             "bezant_gateway_frames", "Frames received from the gateway by kind.", labels=["kind"]
         )

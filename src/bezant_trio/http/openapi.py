@@ -193,6 +193,14 @@ def openapi_spec() -> dict[str, Any]:
                         "log": {"type": ["string", "null"]},
                     },
                 },
+                "Readiness": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {
+                        "status": {"enum": ["ready", "not_ready"]},
+                        "reason": {"type": "string"},
+                    },
+                },
             },
         },
         "security": [{"bearer": []}, {}],
@@ -351,6 +359,36 @@ def openapi_spec() -> dict[str, Any]:
                     "responses": {
                         "200": _json("Serving (ok or degraded).", "Health"),
                         "503": _json("Starting or stopping.", "Health"),
+                    },
+                }
+            },
+            "/health/live": {
+                "get": {
+                    "summary": "Liveness: the process runs and answers; never needs the token.",
+                    "security": [{}],
+                    "responses": {
+                        "200": {
+                            "description": "Alive.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["status"],
+                                        "properties": {"status": {"const": "alive"}},
+                                    }
+                                }
+                            },
+                        }
+                    },
+                }
+            },
+            "/health/ready": {
+                "get": {
+                    "summary": "Readiness: connected to the gateway, receiving, the log writable.",
+                    "security": [{}],
+                    "responses": {
+                        "200": _json("Ready.", "Readiness"),
+                        "503": _json("Not ready; `reason` says why, in words.", "Readiness"),
                     },
                 }
             },

@@ -47,6 +47,7 @@ class HttpService:
         token: str | None = None,
         status_extra: Callable[[], dict[str, Any]] = dict,
         health: Callable[[], tuple[int, dict[str, Any]]] | None = None,
+        readiness: Callable[[], tuple[int, dict[str, Any]]] | None = None,
         connector_status: Callable[[], dict[str, Any] | None] = lambda: None,
         sinks_status: Callable[[], dict[str, dict[str, Any]]] = dict,
         capacity_for: Callable[[str], int] | None = None,
@@ -63,6 +64,8 @@ class HttpService:
         )
         if health is not None:
             ctx.health = health
+        if readiness is not None:
+            ctx.readiness = readiness
         self.ctx = ctx
         self.bind = bind
         self.graceful_timeout = graceful_timeout
