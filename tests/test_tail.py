@@ -45,7 +45,9 @@ async def test_async_poller_starts_at_the_head_and_follows_new_events(serve, hub
     assert poller.cursor == 3 and poller.reset_epoch == 1
 
 
-async def test_async_poller_on_412_yields_a_gap_line_and_resumes_at_the_head(serve) -> None:
+async def test_async_poller_on_412_yields_a_gap_line_and_resumes_at_the_oldest_kept(
+    serve,
+) -> None:
     hub = Hub(capacity_of(default=3))
     await hub.open()
     for i in range(10):
@@ -54,12 +56,14 @@ async def test_async_poller_on_412_yields_a_gap_line_and_resumes_at_the_head(ser
         base = await serve(HttpContext(hub=hub))
         async with AsyncPoller(base, "orders", since=1, wait=0) as poller:
             gap = await poller.poll()
+            kept = await poller.poll()  # what the ring still holds: nothing more is lost
             assert await poller.poll() == []  # 204: caught up at the head
             hub.publish("orders", {"i": 10})
             after = await poller.poll()
     assert len(gap) == 1 and gap[0]["cursor"] is None
     assert gap[0]["payload"]["reason"] == "cursor_expired"
-    assert gap[0]["payload"]["skipped_from"] == 1 and gap[0]["payload"]["resumed_at"] == 10
+    assert gap[0]["payload"]["skipped_from"] == 1 and gap[0]["payload"]["resumed_at"] == 7
+    assert [e["cursor"] for e in kept] == [8, 9, 10]
     assert [e["cursor"] for e in after] == [11]
 
 

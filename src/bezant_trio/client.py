@@ -8,10 +8,10 @@ stream of events:
 - ``412 cursor_expired``: events were dropped before we read them. The
   poller yields one synthetic event, ``{"cursor": null, "topic", ...,
   "payload": {"reason": "cursor_expired", "skipped_from", "resumed_at",
-  "new_reset_epoch"}}``, and resumes at ``head_cursor``. A ``head_cursor``
-  *below* our cursor means the daemon restarted without its durable log (a
-  new cursor space), so the poller resumes from 0 instead and loses nothing
-  of the new space.
+  "new_reset_epoch"}}``, and resumes with ``since = head_cursor - 1``:
+  ``head_cursor`` is the oldest event still kept, so only what is gone is
+  skipped. (After a restart without the durable log it is below our cursor:
+  a new cursor space, read from its start.)
 - ``reset_epoch`` changes (reconnects, restarts) are tracked in
   :attr:`reset_epoch`; the daemon itself puts a ``gap`` event into the
   topic for each, so the stream shows them in order.
@@ -65,7 +65,9 @@ class _PollState:
     def head_from(self, response: httpx.Response) -> int:
         """The head cursor told by the answer to a ``since=_PROBE_CURSOR`` poll."""
         if response.status_code == 412:
-            return int(response.json()["head_cursor"])
+            body = response.json()
+            # bezant-trio says the newest; bezant-server only the oldest kept.
+            return int(body.get("newest_cursor", body["head_cursor"]))
         if response.status_code == 204:
             return int(response.headers.get("x-bezant-cursor", 0))
         _raise_unless_retryable(response)
@@ -80,8 +82,10 @@ class _PollState:
             return []
         if response.status_code == 412:
             body = response.json()
-            head = int(body["head_cursor"])
-            resumed = head if head >= self.cursor else 0
+            # head_cursor is the oldest event still kept: resume just before it,
+            # so only what is really gone is skipped (also after a restart
+            # without the log, when it is below our cursor).
+            resumed = max(0, int(body["head_cursor"]) - 1)
             epoch = body.get("reset_epoch")
             gap = {
                 "cursor": None,

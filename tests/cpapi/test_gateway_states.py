@@ -128,7 +128,9 @@ async def test_a_refused_port_says_so(daemon_at) -> None:
     assert "127.0.0.1:9" in connector.last_error
 
 
-async def test_tickle_401_is_needs_login_then_connected_clears_the_error(daemon_at, nursery) -> None:
+async def test_tickle_401_is_needs_login_then_connected_clears_the_error(
+    daemon_at, nursery
+) -> None:
     sim = GatewaySimulator(heartbeat_interval=0.2)
     await nursery.start(sim.run)
     sim.set_authenticated(False)

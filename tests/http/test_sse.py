@@ -154,7 +154,7 @@ async def test_resume_with_last_event_id_loses_nothing_across_20_reconnects(
     assert received == list(range(1, total + 1))
 
 
-async def test_expired_cursor_gets_a_gap_message_and_resumes_at_the_head(serve) -> None:
+async def test_expired_cursor_gets_a_gap_message_and_resumes_at_the_oldest_kept(serve) -> None:
     hub = Hub(capacity_of(default=3))
     await hub.open()
     for i in range(10):
@@ -167,20 +167,19 @@ async def test_expired_cursor_gets_a_gap_message_and_resumes_at_the_head(serve) 
             client.stream("GET", f"{base}/events/orders/stream?since=2") as response,
         ):
             async for message in sse_messages(response):
-                if "id" not in message:
-                    continue
-                got.append(message)
-                if len(got) == 1:
-                    hub.publish("orders", {"i": 10})
-                else:
+                if "id" in message:
+                    got.append(message)
+                if len(got) == 4:
                     break
-    gap, after = got
-    assert gap["event"] == "gap" and gap["id"] == "10"
+    gap, *kept = got
+    # The ring keeps 8-10: only 3-7 are gone, and the stream goes on from 8.
+    assert gap["event"] == "gap" and gap["id"] == "7"
     body = orjson.loads(gap["data"])
     assert body["cursor"] is None and body["topic"] == "orders"
     assert body["payload"]["reason"] == "cursor_expired"
-    assert body["payload"]["skipped_from"] == 2 and body["payload"]["resumed_at"] == 10
-    assert after["id"] == "11" and orjson.loads(after["data"])["payload"] == {"i": 10}
+    assert body["payload"]["skipped_from"] == 2 and body["payload"]["resumed_at"] == 7
+    assert [m["id"] for m in kept] == ["8", "9", "10"]
+    assert orjson.loads(kept[0]["data"])["payload"] == {"i": 7}
 
 
 async def test_a_cursor_from_before_a_memory_only_restart_resumes_from_zero(serve) -> None:

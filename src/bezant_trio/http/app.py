@@ -197,18 +197,39 @@ async def _poll(hub: Hub, topic: str) -> Response:
 
 def _answer(hub: Hub, topic: str, since: int, answer: HubRead) -> Response:
     if answer.expired:
-        return error_response(
-            412,
-            "cursor_expired",
-            f"events of {topic} after cursor {since} are no longer kept; "
-            f"resume from head_cursor (events in between were missed)",
-            head_cursor=answer.head_cursor,
-            reset_epoch=hub.reset_epoch,
-        )
+        return expired_response(hub, topic, since, answer)
     if not answer.events and answer.known:
         return Response(b"", status=204, headers={"x-bezant-cursor": str(answer.next_cursor)})
     body = events_body(answer, hub.reset_epoch)
     return json_response(body, headers={"x-bezant-cursor": str(answer.next_cursor)})
+
+
+def expired_response(hub: Hub, topic: str, since: int, answer: HubRead) -> Response:
+    """The ``412 cursor_expired`` (docs/api.md, "Recovering from 412").
+
+    ``head_cursor`` is the oldest cursor still available, as bezant-server
+    means it: resuming with ``since = head_cursor - 1`` loses only what is gone.
+    """
+    oldest = answer.oldest_cursor if answer.oldest_cursor is not None else answer.head_cursor + 1
+    if answer.ahead:
+        message = (
+            f"cursor {since} of {topic} is ahead of the newest event ({answer.head_cursor}); "
+            "the daemon restarted without a log, so cursors started again: "
+            f"resume with since={oldest - 1} to read everything kept"
+        )
+    else:
+        message = (
+            f"events of {topic} after cursor {since} up to {oldest - 1} are no longer kept; "
+            f"resume with since={oldest - 1} (head_cursor - 1) to read everything still kept"
+        )
+    return error_response(
+        412,
+        "cursor_expired",
+        message,
+        head_cursor=oldest,
+        newest_cursor=answer.head_cursor,
+        reset_epoch=hub.reset_epoch,
+    )
 
 
 def _require_hub(ctx: HttpContext) -> Hub:

@@ -44,8 +44,8 @@ _SINCE = {
 _LIMIT = {
     "name": "limit",
     "in": "query",
-    "description": "Most events to return; values above 1000 are capped at 1000.",
-    "schema": {"type": "integer", "minimum": 1, "maximum": 999999999999999999, "default": 100},
+    "description": "Most events to return; 0 counts as 1, values above 1000 are capped at 1000.",
+    "schema": {"type": "integer", "minimum": 0, "maximum": 999999999999999999, "default": 100},
 }
 _WAIT = {
     "name": "wait",
@@ -74,7 +74,7 @@ _NO_CONTENT = {
     },
 }
 _EXPIRED = {
-    "description": "Events after `since` are gone (retention, or evicted with the log off): resume at head_cursor.",
+    "description": "Events after `since` are gone (retention, evicted with the log off, or a cursor from before a restart without the log): resume with since = head_cursor - 1.",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CursorExpired"}}},
 }
 
@@ -112,11 +112,24 @@ def openapi_spec() -> dict[str, Any]:
                 },
                 "CursorExpired": {
                     "type": "object",
-                    "required": ["code", "message", "head_cursor", "reset_epoch"],
+                    "required": [
+                        "code",
+                        "message",
+                        "head_cursor",
+                        "newest_cursor",
+                        "reset_epoch",
+                    ],
                     "properties": {
                         "code": {"const": "cursor_expired"},
                         "message": {"type": "string"},
-                        "head_cursor": {"type": "integer"},
+                        "head_cursor": {
+                            "type": "integer",
+                            "description": "The oldest cursor still available: resume with since = head_cursor - 1.",
+                        },
+                        "newest_cursor": {
+                            "type": "integer",
+                            "description": "The newest cursor of the topic.",
+                        },
                         "reset_epoch": {"type": "integer"},
                     },
                 },

@@ -9,7 +9,8 @@ its last id loses nothing, whatever happened in between.
 
 - A cursor older than what the daemon keeps gets one ``event: gap`` message
   (payload reason ``cursor_expired``, with ``skipped_from`` and
-  ``resumed_at``) whose ``id:`` is the head, and the stream goes on from there.
+  ``resumed_at``) whose ``id:`` is the cursor just before the oldest event
+  still kept, and the stream goes on from there: only what is gone is skipped.
 - ``: heartbeat`` comments every ``heartbeat`` seconds keep proxies from
   closing an idle stream.
 - Memory per client is bounded: the stream reads the next batch from the hub
@@ -116,7 +117,10 @@ class SseStreams:
                     _keep_wanted(wants, conid)
                 answer = await hub.read(topic, cursor, settings.batch)
                 if answer.expired:
-                    resume = _resume_cursor(cursor, answer.head_cursor)
+                    # Go on from the oldest event still kept: only what is gone is skipped.
+                    # (A cursor beyond the newest comes from another cursor space, a
+                    # restart without the log: everything kept is new to the client.)
+                    resume = max(0, (answer.oldest_cursor or answer.head_cursor + 1) - 1)
                     chunk = _gap_message(hub, topic, cursor, resume)
                     cursor = resume
                 elif answer.events:
@@ -144,13 +148,6 @@ class SseStreams:
                     return
         finally:
             self.clients -= 1
-
-
-def _resume_cursor(since: int, head: int) -> int:
-    # A cursor beyond the head comes from another cursor space (a restart
-    # without the durable log): everything the topic holds now is new to the
-    # client. Otherwise the events up to the head are gone: go on from there.
-    return head if head >= since else 0
 
 
 def _keep_wanted(wants: Wants, conid: int) -> None:

@@ -67,6 +67,13 @@ class HubRead:
     expired: bool = False
     #: Whether the topic has ever had an event.
     known: bool = True
+    #: When expired: the oldest cursor that can still be served (bezant-server's
+    #: ``head_cursor``); resuming with ``since = oldest_cursor - 1`` loses only
+    #: what is really gone. It may not be assigned yet (everything was pruned).
+    oldest_cursor: int | None = None
+    #: When expired: ``since`` was beyond the newest cursor, so it belongs to
+    #: another cursor space (the daemon restarted without its durable log).
+    ahead: bool = False
 
 
 class _Timestamps:
@@ -346,15 +353,18 @@ class Hub:
         if answer.status is ReadStatus.OK:
             events = answer.events
             return HubRead(events, events[-1].cursor if events else since, ring.last)
+        elog = self.event_log
         if answer.status is ReadStatus.AHEAD:
-            return HubRead([], since, ring.last, expired=True)
-        if self.event_log is None:
-            return HubRead([], since, ring.last, expired=True)
-        events, pruned_upto = await trio.to_thread.run_sync(
-            _read_log, self.event_log, topic, since, limit
-        )
+            oldest = ring.first
+            if elog is not None:
+                oldest = await trio.to_thread.run_sync(elog.pruned_upto, topic) + 1
+            return HubRead([], since, ring.last, expired=True, oldest_cursor=oldest, ahead=True)
+        if elog is None:
+            return HubRead([], since, ring.last, expired=True, oldest_cursor=ring.first)
+        events, pruned_upto = await trio.to_thread.run_sync(_read_log, elog, topic, since, limit)
         if pruned_upto > since:
-            return HubRead([], since, ring.last, expired=True)
+            # Retention keeps an unbroken run of cursors above what it pruned.
+            return HubRead([], since, ring.last, expired=True, oldest_cursor=pruned_upto + 1)
         # The log may hold committed events the ring does not show yet; never
         # hand out more than is visible, so responses stay monotonic.
         events = [e for e in events if e.cursor <= ring.last]
