@@ -30,6 +30,7 @@ from bezant_trio.http import HttpService
 from bezant_trio.sinks.manager import SinkConfigError, SinkManager
 from bezant_trio.store.hub import Hub
 from bezant_trio.store.log import EventLog, LogOpenError
+from bezant_trio.store.state import StateViews
 from bezant_trio.systemd import SystemdNotifier, WriterHealth
 from bezant_trio.wants import Wants
 
@@ -141,7 +142,10 @@ class Daemon:
 
     async def _run(self, event_log: EventLog | None, task_status: trio.TaskStatus[Daemon]) -> None:
         config = self.config
-        hub = self.hub = Hub(config.events.capacity_for, event_log=event_log)
+        state = StateViews(
+            finished_ttl=config.events.finished_orders_ttl, keep_conid=self.wants.__contains__
+        )
+        hub = self.hub = Hub(config.events.capacity_for, event_log=event_log, state=state)
         await hub.open()
         try:
             sinks = self.sinks = SinkManager(hub, config.sinks)

@@ -141,6 +141,8 @@ class EventsConfig(Section):
     channels: tuple[str, ...] = setting(("orders", "pnl"), checks.channels)
     capture_other: bool = setting(True, checks.boolean)
     marketdata: MarketDataConfig = field(default_factory=MarketDataConfig)
+    #: Seconds a finished order stays in ``/state/orders`` after it finished.
+    finished_orders_ttl: float = setting(86400.0, checks.positive_seconds)
 
     def capacity_for(self, topic: str) -> int:
         """Ring size for ``topic``: its own key, else its family (``marketdata:N``), else default."""

@@ -182,6 +182,62 @@ def create_app(
         )
         return json_response(body)
 
+    @app.get("/state/orders")
+    async def state_orders() -> Response:
+        hub = _require_hub(ctx)
+        return json_response(hub.state.answer(hub.state.orders, hub.reset_epoch))
+
+    @app.get("/state/orders/<orderId>")
+    async def state_order(orderId: str) -> Response:  # the name of DESIGN's path
+        order_id = orderId
+        hub = _require_hub(ctx)
+        view = hub.state.orders
+        hub.state.prune()
+        record = view.items.get(order_id)
+        if record is None:
+            raise ApiError(
+                404,
+                "unknown_order",
+                f"no order {order_id[:40]!r} in the state (finished orders are kept for "
+                "events.finished_orders_ttl); see GET /state/orders",
+            )
+        return json_response(
+            {"cursor": view.cursor, "reset_epoch": hub.reset_epoch, "item": record}
+        )
+
+    @app.get("/state/marketdata")
+    async def state_marketdata() -> Response:
+        hub = _require_hub(ctx)
+        conid = int_arg("conid", None, minimum=1)
+        if conid is None:
+            hub.state.prune()
+            items = {
+                str(c): v.items.get("quote", {})
+                for c, v in sorted(hub.state.quotes.items())
+                if c in ctx.wants
+            }
+            cursors = {
+                str(c): v.cursor for c, v in sorted(hub.state.quotes.items()) if c in ctx.wants
+            }
+            return json_response(
+                {"cursors": cursors, "reset_epoch": hub.reset_epoch, "items": items}
+            )
+        want_conid(ctx.wants, conid)  # a quote asked for is subscribed, like a poll
+        view = hub.state.quote(conid)
+        return json_response(
+            {
+                "cursor": view.cursor if view is not None else 0,
+                "reset_epoch": hub.reset_epoch,
+                "conid": conid,
+                "item": view.items.get("quote", {}) if view is not None else {},
+            }
+        )
+
+    @app.get("/state/pnl")
+    async def state_pnl() -> Response:
+        hub = _require_hub(ctx)
+        return json_response(hub.state.answer(hub.state.pnl, hub.reset_epoch))
+
     streams.install(app, ctx)
     if metrics is not None:
         metrics.install(app, fast_polls)

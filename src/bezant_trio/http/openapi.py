@@ -206,6 +206,27 @@ def openapi_spec() -> dict[str, Any]:
                         "log": {"type": ["string", "null"]},
                     },
                 },
+                "State": {
+                    "type": "object",
+                    "required": ["cursor", "reset_epoch", "items"],
+                    "properties": {
+                        "cursor": {
+                            "type": "integer",
+                            "description": "The topic cursor this state reflects: follow with since=cursor.",
+                        },
+                        "reset_epoch": {"type": "integer"},
+                        "items": {"type": "object"},
+                    },
+                },
+                "StateItem": {
+                    "type": "object",
+                    "required": ["cursor", "reset_epoch", "item"],
+                    "properties": {
+                        "cursor": {"type": "integer"},
+                        "reset_epoch": {"type": "integer"},
+                        "item": {"type": "object"},
+                    },
+                },
                 "Readiness": {
                     "type": "object",
                     "required": ["status"],
@@ -254,6 +275,74 @@ def openapi_spec() -> dict[str, Any]:
                             )
                         }
                     ),
+                }
+            },
+            "/state/orders": {
+                "get": {
+                    "summary": "The latest record of every order, merged from sor updates and resyncs.",
+                    "responses": {
+                        "200": _json("Every order, by orderId.", "State"),
+                        "401": _UNAUTHORIZED,
+                        "503": _DISABLED,
+                    },
+                }
+            },
+            "/state/orders/{orderId}": {
+                "get": {
+                    "summary": "The latest record of one order.",
+                    "parameters": [
+                        {
+                            "name": "orderId",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "maxLength": 64},
+                        }
+                    ],
+                    "responses": {
+                        "200": _json("The order.", "StateItem"),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("No such order in the state.", "unknown_order", "not_found"),
+                        "503": _DISABLED,
+                    },
+                }
+            },
+            "/state/marketdata": {
+                "get": {
+                    "summary": "The current quote of a conid (subscribing it), or of every wanted conid.",
+                    "parameters": [
+                        {
+                            "name": "conid",
+                            "in": "query",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 999999999999999999,
+                            },
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The quote (with conid) or every quote (without).",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "400": _error("A bad conid.", "invalid_query"),
+                        "401": _UNAUTHORIZED,
+                        "429": _error(
+                            "More conids wanted than events.marketdata.max_conids.",
+                            "too_many_conids",
+                        ),
+                        "503": _DISABLED,
+                    },
+                }
+            },
+            "/state/pnl": {
+                "get": {
+                    "summary": "The latest PnL row per account key (DU1234.Core).",
+                    "responses": {
+                        "200": _json("Every row.", "State"),
+                        "401": _UNAUTHORIZED,
+                        "503": _DISABLED,
+                    },
                 }
             },
             "/events/{topic}": {

@@ -26,6 +26,7 @@ import trio
 from bezant_trio.model import GAP_TOPIC, Event, GapReason, encode_payload
 from bezant_trio.store.checkpoints import CheckpointStore, MemoryCheckpoints, SqliteCheckpoints
 from bezant_trio.store.ring import ReadStatus, TopicRing
+from bezant_trio.store.state import SNAPSHOT_KEY, StateViews
 from bezant_trio.util import describe
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ UNCLEAN_CURSOR_SKIP = 1_000_000
 #: capacities: a batch larger than a ring would push its own events out of
 #: memory before any reader saw them there, sending every reader to the log.
 MAX_BATCH = 1000
+#: Seconds between saves of the state views into the log (and at a clean stop).
+STATE_SAVE_INTERVAL = 30.0
 #: Pending (not yet committed) events above which publishers are asked to wait.
 MAX_PENDING = 50_000
 #: A reader asking for a batch (``limit`` > 1) that comes back within this long
@@ -126,9 +129,14 @@ class Hub:
         capacity_for: Callable[[str], int],
         *,
         event_log: EventLog | None = None,
+        state: StateViews | None = None,
     ) -> None:
         self._capacity_for = capacity_for
         self.event_log = event_log
+        #: Latest-state views (orders, quotes, PnL), fed with every event made visible.
+        self.state = state if state is not None else StateViews()
+        self._observe = self.state.observe
+        self._state_saved_at = 0.0
         #: Where sink checkpoints live: in the log's table, or in memory without a log.
         self.checkpoints: CheckpointStore = (
             SqliteCheckpoints(event_log) if event_log is not None else MemoryCheckpoints()
@@ -183,6 +191,7 @@ class Hub:
                 ring.append(event)
             self._rings[topic] = ring
             self._assigned[topic] = last + skip
+        await self._rebuild_state()
         self.reset_epoch = max(state["epoch"], start_epoch or 0) + 1
         await trio.to_thread.run_sync(_mark_running, elog, self.reset_epoch)
         if unclean:
@@ -194,6 +203,50 @@ class Hub:
         if not state["empty"]:
             self._inject_gaps(GapReason.PROCESS_RESTART, disconnected_at=None)
         await self._refresh_log_stats(force=True)
+
+    async def _rebuild_state(self) -> None:
+        """The state views as they were: the snapshot saved in the log, then the events after it.
+
+        Runs before anything new becomes visible (no writer yet), so the
+        views continue exactly at the rings' heads.
+        """
+        elog = self.event_log
+        assert elog is not None
+        views = self.state
+        for view in views.views():
+            blob = await trio.to_thread.run_sync(elog.get_meta, SNAPSHOT_KEY.format(view.topic))
+            if blob is not None:
+                try:
+                    view.restore(blob)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("state snapshot of %s unreadable, rebuilding: %s", view.topic, exc)
+                    view.reset()
+            while view.topic in self._rings:
+                answer = await self.read(view.topic, view.cursor, 1000)
+                if answer.expired:  # older than the log keeps: start from what is kept
+                    view.cursor = (answer.oldest_cursor or 1) - 1
+                    continue
+                if not answer.events:
+                    break
+                for event in answer.events:
+                    views.observe(event)
+        for topic, ring in self._rings.items():
+            if topic.startswith("marketdata:"):  # quotes come back from the warmed rings
+                for event in ring.events():
+                    views.observe(event)
+
+    async def _save_state(self) -> None:
+        """Save the order and PnL views into the log's meta table (their cursors included)."""
+        elog = self.event_log
+        if elog is None:
+            return
+        self._state_saved_at = time.monotonic()
+        blobs = [(SNAPSHOT_KEY.format(v.topic), v.snapshot().decode()) for v in self.state.views()]
+        try:
+            for key, blob in blobs:
+                await trio.to_thread.run_sync(elog.set_meta, key, blob)
+        except Exception as exc:  # the views are rebuilt from the events next time anyway
+            log.warning("saving the state views failed: %s", describe(exc))
 
     async def close(self) -> None:
         """Wake every waiter, flush what is pending and mark the log clean."""
@@ -209,6 +262,7 @@ class Hub:
                     self._pending_ready.set()
                     await drained.wait()
             if not self._pending and not self.log_state.backlog:
+                await self._save_state()
                 await trio.to_thread.run_sync(_mark_clean, self.event_log)
 
     @property
@@ -240,6 +294,7 @@ class Hub:
             else:
                 # The per-frame path of memory-only capture: no set, no loop.
                 ring.append(event)
+                self._observe(event)
                 waiter = self._wakeups.pop(topic, None)
                 if waiter is not None:
                     waiter.set()
@@ -272,6 +327,7 @@ class Hub:
 
     def _make_visible(self, events: Iterable[Event]) -> None:
         rings = self._rings
+        observe = self._observe
         touched: set[str] = set()
         new_topic = False
         for event in events:
@@ -280,6 +336,7 @@ class Hub:
                 ring = rings[event.topic] = TopicRing(event.topic, self._capacity_for(event.topic))
                 new_topic = True
             ring.append(event)
+            observe(event)
             touched.add(event.topic)
         if new_topic:
             self.topics_changed.set()
@@ -458,6 +515,8 @@ class Hub:
             self._record_commit(latency, len(batch))
             self._make_visible(batch)
             await self._refresh_log_stats()
+            if time.monotonic() - self._state_saved_at >= STATE_SAVE_INTERVAL:
+                await self._save_state()
             if len(self._pending) <= MAX_PENDING:
                 self._pending_drained.set()
 
