@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import trio
+import trio.testing
 
 from bezant_trio import hookimpl
 from bezant_trio.model import Event
-from bezant_trio.sinks.manager import SinkManager
+from bezant_trio.sinks.manager import SinkConfigError, SinkManager
 from bezant_trio.sinks.testing import TestSink
 
 
@@ -87,3 +88,34 @@ async def test_checkpoints_are_stored_even_when_the_deadline_has_passed(
         assert trio.current_time() == now
         assert await manager.hub.checkpoints.load("t") == {"orders": 3}
         assert sink.closed
+
+
+async def test_aclose_does_not_wait_for_a_slow_reload_and_the_reload_starts_nothing(
+    bezant_sink_manager_factory, autojump_clock
+):
+    with trio.fail_after(60):
+        manager: SinkManager = await bezant_sink_manager_factory([{"name": "t", "type": "test"}])
+        old: TestSink = manager.sinks["t"]
+        old.block()
+        manager.hub.publish("orders", {"i": 1})
+        await old.wait_blocked()
+        refused: list[SinkConfigError] = []
+
+        async def reload() -> None:
+            try:
+                # A changed sink: the reload waits (RELOAD_GRACE) for the blocked batch.
+                await manager.reload([{"name": "t", "type": "test", "batch_size": 5}])
+            except SinkConfigError as exc:
+                refused.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reload)
+            await trio.testing.wait_all_tasks_blocked()
+            start = trio.current_time()
+            await manager.aclose(start + 2, finish_by=start + 1)
+            assert trio.current_time() <= start + 2
+        assert [str(exc) for exc in refused] == [
+            "sinks: cannot reload, the daemon is shutting down"
+        ]
+        assert manager.sinks["t"] is old and old.closed
+        assert manager.status()["t"]["state"] == "stopped"

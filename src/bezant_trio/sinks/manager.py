@@ -325,7 +325,8 @@ class SinkManager:
 
     async def _finish(self, finish_by: float, deadline: float) -> None:
         if self._finishing:
-            await self._closed.wait()
+            with trio.move_on_at(deadline):  # the first call stores the checkpoints
+                await self._closed.wait()
             return
         self._finishing = True
         try:
