@@ -16,6 +16,7 @@ unclean stop moves every topic's cursor ahead by :data:`UNCLEAN_CURSOR_SKIP`.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -151,6 +152,10 @@ class Hub:
         self._ts = _Timestamps()
         self._closing = False
         self.reset_epoch = 0
+        #: Names the cursor space, so ids built from cursors stay unique across
+        #: restarts: one per log file (kept in its ``meta`` table by :meth:`open`),
+        #: or this fresh one per process without a log (cursors restart at 1).
+        self.cursor_space = secrets.token_hex(8)
         self.started_at = time.time()
         self.published: dict[str, int] = {}
         #: Readers parked in :meth:`wait` right now (long-polls, sinks, SSE).
@@ -193,7 +198,11 @@ class Hub:
             self._assigned[topic] = last + skip
         await self._rebuild_state()
         self.reset_epoch = max(state["epoch"], start_epoch or 0) + 1
-        await trio.to_thread.run_sync(_mark_running, elog, self.reset_epoch)
+        new_space = state["cursor_space"] is None
+        self.cursor_space = state["cursor_space"] or self.cursor_space
+        await trio.to_thread.run_sync(
+            _mark_running, elog, self.reset_epoch, self.cursor_space if new_space else None
+        )
         if unclean:
             log.warning(
                 "the event log was not closed cleanly; cursors continue %d past the last "
@@ -614,12 +623,15 @@ def _load_log_state(elog: Any, capacity_for: Callable[[str], int]) -> dict[str, 
         "epoch": elog.load_epoch(),
         "empty": elog.is_empty(),
         "run_state": elog.get_meta("run_state"),
+        "cursor_space": elog.get_meta("cursor_space"),
         "last_cursors": last_cursors,
         "newest": {t: elog.newest(t, capacity_for(t)) for t in last_cursors},
     }
 
 
-def _mark_running(elog: Any, epoch: int) -> None:
+def _mark_running(elog: Any, epoch: int, new_cursor_space: str | None) -> None:
+    if new_cursor_space is not None:
+        elog.set_meta("cursor_space", new_cursor_space)
     elog.store_epoch(epoch)
     elog.set_meta("run_state", "running")
 
