@@ -240,8 +240,11 @@ class SinkRunner:
                     return False
                 attempt += 1
         if read.expired:
-            batch = [self._lagged_gap(topic, since, read.head_cursor)]
-            upto = read.head_cursor
+            # Go on from the oldest event still kept: only what is gone is skipped.
+            oldest = read.oldest_cursor if read.oldest_cursor is not None else read.head_cursor + 1
+            # (Below the checkpoint when it came from before a restart without the log.)
+            upto = oldest - 1
+            batch = [self._lagged_gap(topic, since, upto)]
         elif read.events:
             batch = read.events
             upto = read.events[-1].cursor
