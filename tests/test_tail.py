@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import socket
@@ -14,8 +16,9 @@ import orjson
 import pytest
 import trio
 
-from bezant_trio.client import AsyncPoller, Poller, PollError
+from bezant_trio.client import AsyncPoller, Poller, PollError, tail_forever
 from bezant_trio.http.context import HttpContext
+from bezant_trio.model import GapReason
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.store.hub import Hub
 from helpers import capacity_of, seq_of, wait_until
@@ -107,6 +110,60 @@ async def test_head_of_a_topic_that_never_had_an_event_is_zero(serve, hub: Hub) 
         async with AsyncPoller(base, "pnl", wait=0) as poller:
             assert await poller.head() == 0
             assert await poller.poll() == []
+
+
+async def test_state_then_follow_loses_nothing_across_a_reconnect(serve, hub: Hub) -> None:
+    hub.publish("orders", {"topic": "sor", "args": [{"orderId": 1, "status": "Submitted"}]})
+    with trio.fail_after(10):
+        base = await serve(HttpContext(hub=hub))
+        async with AsyncPoller(base, "orders", wait=0) as poller:
+            state = await poller.state_then_follow()
+            await hub.bump_epoch(GapReason.RECONNECTED_AFTER_DISCONNECT)
+            hub.publish("orders", {"topic": "sor", "args": [{"orderId": 1, "status": "Filled"}]})
+            after = await poller.poll()
+    assert state["cursor"] == 1 and state["items"]["1"]["status"] == "Submitted"
+    assert [e["cursor"] for e in after] == [2, 3]  # the gap, then the fill: nothing twice
+    assert after[0]["payload"]["reason"] == "reconnected_after_disconnect"
+    assert poller.reset_epoch == 2
+
+
+async def test_tail_state_prints_the_state_then_the_events_after_it(serve, hub: Hub) -> None:
+    hub.publish("orders", {"topic": "sor", "args": [{"orderId": 7, "status": "Submitted"}]})
+    out = io.StringIO()
+    with trio.fail_after(20):
+        base = await serve(HttpContext(hub=hub))
+
+        def tail() -> None:
+            with contextlib.suppress(_Enough):
+                tail_forever(
+                    base, "orders", since=None, token=None, wait=1, state=True, out=_Until(out, 2)
+                )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, tail)
+            await wait_until(lambda: out.getvalue().count("\n") >= 1)
+            hub.publish("orders", {"topic": "sor", "args": [{"orderId": 7, "status": "Filled"}]})
+    first, second = (orjson.loads(line) for line in out.getvalue().splitlines())
+    assert first["state"]["items"]["7"]["status"] == "Submitted" and first["state"]["cursor"] == 1
+    assert second["cursor"] == 2 and second["payload"]["args"][0]["status"] == "Filled"
+
+
+class _Enough(Exception):
+    pass
+
+
+class _Until:
+    """An output that ends ``tail_forever`` once it has ``lines`` lines."""
+
+    def __init__(self, out: io.StringIO, lines: int) -> None:
+        self._out, self._lines = out, lines
+
+    def write(self, text: str) -> None:
+        self._out.write(text)
+
+    def flush(self) -> None:
+        if self._out.getvalue().count("\n") >= self._lines:
+            raise _Enough
 
 
 def _spawn(

@@ -103,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
         help="bearer token (default $BEZANT_API_TOKEN; prefer the variable: argv is visible to ps)",
     )
     tail.add_argument("--wait", type=float, default=25.0, help="long-poll seconds (0-30)")
+    tail.add_argument(
+        "--state",
+        action="store_true",
+        help='first print the topic\'s latest state as one line {"state": ...} '
+        "(orders, pnl, marketdata:<conid>), then the events after it",
+    )
     tail.set_defaults(func=_cmd_tail)
     return parser
 
@@ -260,7 +266,12 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return tail_forever(
-            args.url, args.topic, since=args.since, token=args.token, wait=args.wait
+            args.url,
+            args.topic,
+            since=args.since,
+            token=args.token,
+            wait=args.wait,
+            state=args.state,
         )
     except KeyboardInterrupt:
         return 0

@@ -18,6 +18,10 @@ stream of events:
 - Connection errors and 5xx (the daemon restarting) are retried with
   backoff; other 4xx (bad token, bad topic) raise :class:`PollError`.
 
+``state_then_follow()`` takes a topic's latest state (``/state/...``) and
+positions the poller at the cursor it reflects, so following from there
+loses nothing and applies nothing twice.
+
 ``bezant-trio tail`` is :func:`tail_forever` on the sync :class:`Poller`;
 :class:`AsyncPoller` is the same on ``httpx.AsyncClient`` for Trio (or asyncio) bots.
 """
@@ -109,6 +113,24 @@ class _PollState:
         self.cursor = int(body["next_cursor"])
         return events
 
+    def state_request(self) -> tuple[str, dict[str, Any]]:
+        """The path and query of the state view of this topic (docs/api.md, "State views")."""
+        topic = self.topic
+        if topic in ("orders", "pnl"):
+            return f"/state/{topic}", {}
+        family, _, conid = topic.partition(":")
+        if family == "marketdata" and conid.isdigit():
+            return "/state/marketdata", {"conid": conid}
+        raise PollError(f"{topic} has no state view (orders, pnl and marketdata:<conid> have)")
+
+    def take_state(self, response: httpx.Response) -> dict[str, Any]:
+        """Apply a state answer: the cursor moves to what the state reflects."""
+        _raise_unless_retryable(response)
+        body: dict[str, Any] = response.json()
+        self.cursor = int(body["cursor"])
+        self._note_epoch(body.get("reset_epoch"))
+        return body
+
     def _note_epoch(self, epoch: int | None) -> None:
         if epoch is not None and self.reset_epoch is not None and epoch != self.reset_epoch:
             log.info("%s: reset_epoch %s -> %s", self.topic, self.reset_epoch, epoch)
@@ -190,6 +212,15 @@ class Poller:
         """The topic's newest cursor (0 for a topic that never had an event)."""
         return self._state.head_from(self._get(_PROBE_CURSOR, 0))
 
+    def state_then_follow(self) -> dict[str, Any]:
+        """Take the topic's latest state; iterating afterwards follows from its cursor.
+
+        Returns the state answer (``{"cursor", "reset_epoch", "items"}``, or
+        ``"item"`` for one quote). Nothing is lost or applied twice between the two.
+        """
+        path, params = self._state.state_request()
+        return self._state.take_state(self._client.get(f"{self.url}{path}", params=params))
+
     def poll(self) -> list[dict[str, Any]]:
         """One long-poll; returns events (maybe a synthetic gap) and advances the cursor."""
         if self._state.cursor is None:
@@ -265,6 +296,12 @@ class AsyncPoller:
         """The topic's newest cursor (0 for a topic that never had an event)."""
         return self._state.head_from(await self._get(_PROBE_CURSOR, 0))
 
+    async def state_then_follow(self) -> dict[str, Any]:
+        """Take the topic's latest state; iterating afterwards follows from its cursor."""
+        path, params = self._state.state_request()
+        response = await self._client.get(f"{self.url}{path}", params=params)
+        return self._state.take_state(response)
+
     async def poll(self) -> list[dict[str, Any]]:
         """One long-poll; returns events (maybe a synthetic gap) and advances the cursor."""
         if self._state.cursor is None:
@@ -308,9 +345,14 @@ def tail_forever(
     since: int | None,
     token: str | None,
     wait: float = 25.0,
+    state: bool = False,
     out: Any = None,
 ) -> int:
-    """Print ``topic``'s events as JSON lines until interrupted; 1 on a final error."""
+    """Print ``topic``'s events as JSON lines until interrupted; 1 on a final error.
+
+    With ``state``, the first line is the topic's latest state (``{"state": ...}``)
+    and the events printed after it are those after the state's cursor.
+    """
     out = out if out is not None else sys.stdout
 
     def report(exc: Exception, delay: float) -> None:
@@ -318,6 +360,9 @@ def tail_forever(
 
     try:
         with Poller(url, topic, since=since, token=token, wait=wait, on_retry=report) as poller:
+            if state:
+                out.write(orjson.dumps({"state": poller.state_then_follow()}).decode() + "\n")
+                out.flush()
             for event in poller:
                 out.write(orjson.dumps(event).decode() + "\n")
                 out.flush()
