@@ -42,6 +42,7 @@ _KEYS = {
     "tickle_interval": ("gateway", "tickle_interval"),
     "websocket_client": ("gateway", "websocket_client"),
     "verify_tls": ("gateway", "verify_tls"),
+    "resync": ("events", "resync"),
 }
 
 
@@ -53,6 +54,8 @@ def _connector(hub: Hub, url: str, **overrides: object) -> Connector:
         "backoff_min": 0.01,
         "backoff_max": 0.05,
         "tickle_interval": 60,
+        # These tests count events exactly; tests/cpapi/test_resync.py covers resyncs.
+        "resync": False,
         **overrides,
     }
     data: dict[str, Any] = {"gateway": {"url": url}}

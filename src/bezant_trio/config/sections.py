@@ -141,6 +141,8 @@ class EventsConfig(Section):
     channels: tuple[str, ...] = setting(("orders", "pnl"), checks.channels)
     capture_other: bool = setting(True, checks.boolean)
     marketdata: MarketDataConfig = field(default_factory=MarketDataConfig)
+    #: After every gap, fetch the gateway's REST truth and publish it (docs/api.md).
+    resync: bool = setting(True, checks.boolean)
     #: Seconds a finished order stays in ``/state/orders`` after it finished.
     finished_orders_ttl: float = setting(86400.0, checks.positive_seconds)
 

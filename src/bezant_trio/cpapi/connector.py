@@ -31,6 +31,7 @@ from bezant_trio.cpapi.frames import (
     md_subscribe,
     md_unsubscribe,
 )
+from bezant_trio.cpapi.resync import Resyncer
 from bezant_trio.cpapi.session import (
     GatewayCompeting,
     GatewayError,
@@ -137,6 +138,8 @@ class Connector:
         self.last_disconnect: dict[str, str] | None = None
         #: The accounts ``/iserver/accounts`` listed at the last connect.
         self.accounts: list[str] = []
+        #: Fetches the REST truth after every gap (built by run() with its session).
+        self.resyncer: Resyncer | None = None
 
     # ---------------------------------------------------------------- status
 
@@ -186,55 +189,60 @@ class Connector:
             verify_tls=self.gateway.verify_tls,
             timeout=self.gateway.request_timeout,
         )
+        resyncer = self.resyncer = Resyncer(
+            self.hub, session, self.events.channels if self.events.resync else ()
+        )
         task_status.started()
-        attempt = 0
         try:
-            while True:
-                if self.state not in _FAILED_STATES:
-                    self.state = "connecting"
-                healthy = False
-                started = trio.current_time()
-                self.connect_attempts += 1
-                try:
-                    healthy = await self._connect_once(session)
-                except GatewayError as exc:
-                    self._record_failure(exc.state, exc.reason, str(exc))
-                except (OSError, ssl.SSLError, trio.BrokenResourceError) as exc:
-                    self._record_failure(
-                        "gateway_unreachable", "network", f"network: {describe(exc)}"
-                    )
-                except HandshakeFailed as exc:
-                    self._record_failure(
-                        "gateway_unreachable", "handshake", f"websocket handshake failed: {exc}"
-                    )
-                except _ConnectionEnded as exc:
-                    if self._ready:
-                        self.last_error = str(exc)
-                        self.last_disconnect = {"at": format_ts(), "reason": str(exc)}
-                        self.state = "connecting"
-                    else:
-                        self._record_failure(self._silent_state(), "no_ready", str(exc))
-                if self.connected:
-                    self._mark_disconnected()
-                if self._stopping:
-                    self.state = "stopped"
-                    return
-                lived = trio.current_time() - started
-                # A connection that reached ready and stayed up is not flapping.
-                attempt = 1 if healthy and lived >= self.events.backoff.max else attempt + 1
-                delay = backoff_delay(
-                    attempt, self.events.backoff.min, self.events.backoff.max, self._rng
-                )
-                self.next_retry_in = round(delay, 3)
-                log.warning(
-                    "gateway %s (%s); retrying in %.2f s", self.state, self.last_error, delay
-                )
-                await trio.sleep(delay)
-                self.next_retry_in = None
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(resyncer.run)
+                await self._connect_forever(session)
+                nursery.cancel_scope.cancel()  # stopping: a resync in flight is not needed
         finally:
             self.connected = False
             with trio.CancelScope(shield=True):
                 await session.aclose()
+
+    async def _connect_forever(self, session: GatewaySession) -> None:
+        attempt = 0
+        while True:
+            if self.state not in _FAILED_STATES:
+                self.state = "connecting"
+            healthy = False
+            started = trio.current_time()
+            self.connect_attempts += 1
+            try:
+                healthy = await self._connect_once(session)
+            except GatewayError as exc:
+                self._record_failure(exc.state, exc.reason, str(exc))
+            except (OSError, ssl.SSLError, trio.BrokenResourceError) as exc:
+                self._record_failure("gateway_unreachable", "network", f"network: {describe(exc)}")
+            except HandshakeFailed as exc:
+                self._record_failure(
+                    "gateway_unreachable", "handshake", f"websocket handshake failed: {exc}"
+                )
+            except _ConnectionEnded as exc:
+                if self._ready:
+                    self.last_error = str(exc)
+                    self.last_disconnect = {"at": format_ts(), "reason": str(exc)}
+                    self.state = "connecting"
+                else:
+                    self._record_failure(self._silent_state(), "no_ready", str(exc))
+            if self.connected:
+                self._mark_disconnected()
+            if self._stopping:
+                self.state = "stopped"
+                return
+            lived = trio.current_time() - started
+            # A connection that reached ready and stayed up is not flapping.
+            attempt = 1 if healthy and lived >= self.events.backoff.max else attempt + 1
+            delay = backoff_delay(
+                attempt, self.events.backoff.min, self.events.backoff.max, self._rng
+            )
+            self.next_retry_in = round(delay, 3)
+            log.warning("gateway %s (%s); retrying in %.2f s", self.state, self.last_error, delay)
+            await trio.sleep(delay)
+            self.next_retry_in = None
 
     def _record_failure(self, state: str, reason: str, message: str) -> None:
         """A failed attempt: the state it implies, a metric label, and the words for a user."""
@@ -329,6 +337,8 @@ class Connector:
                         nursery.start_soon(self._watchdog)
                         await self._wait_ready()
                         await self._subscribe_all(ws)
+                        if self._ready:
+                            self._request_resync()
                         nursery.start_soon(self._keepalive, ws)
                         nursery.start_soon(self._tickle_loop, session)
                         nursery.start_soon(self._wants_loop, ws)
@@ -451,6 +461,7 @@ class Connector:
             if self._subscribed_early:
                 # Our subscriptions went out before ready and were dropped.
                 await self._subscribe_all(ws)
+                self._request_resync()
         elif kind is FrameKind.HEARTBEAT:
             barrier = self._barrier
             if barrier is not None and frame.data and frame.data.get("topic") == "ech":
@@ -463,6 +474,11 @@ class Connector:
             await self._send(ws, orjson.dumps({"session": session_id}).decode())
         elif kind is FrameKind.ERROR:
             log.warning("gateway error frame: %.200s", message)
+
+    def _request_resync(self) -> None:
+        # Subscribed first, so nothing that changes from now on is missed.
+        if self.resyncer is not None:
+            self.resyncer.request()
 
     def _on_ready(self, greeting: dict[str, Any] | None) -> None:
         """The gateway's ``system`` greeting: subscriptions are honoured from now on."""
