@@ -93,7 +93,7 @@ class ChildProcess:
     """One run of ``argv``, started at once, stdout and stderr in ``log_path``.
 
     ``env`` is added to the scrubbed environment (:func:`child_env`); stdin is
-    ``/dev/null``.
+    ``/dev/null``. ``append`` keeps what earlier runs wrote to the log.
     """
 
     def __init__(
@@ -103,12 +103,13 @@ class ChildProcess:
         *,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        append: bool = False,
     ) -> None:
         self.argv = list(argv)
         self.log_path = log_path
         # The child holds its own descriptor of the log; ours closes at once.
         # Popen returns right after fork/exec: nothing here waits on the child.
-        with open(log_path, "wb") as log:
+        with open(log_path, "ab" if append else "wb") as log:
             self.popen = subprocess.Popen(
                 self.argv,
                 cwd=cwd,
