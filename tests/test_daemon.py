@@ -13,8 +13,8 @@ import trio
 from bezant_trio.config import config_from_mapping
 from bezant_trio.daemon import Daemon, StartupError
 from bezant_trio.simulator import GatewaySimulator
+from bezant_trio.testing import DaemonProcess, run_cli
 from helpers import wait_until
-from procs import DaemonProcess, run_cli
 
 
 async def test_status_and_health_of_a_connected_daemon(nursery: trio.Nursery) -> None:

@@ -21,8 +21,8 @@ from bezant_trio.http.context import HttpContext
 from bezant_trio.model import GapReason
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.store.hub import Hub
+from bezant_trio.testing import DaemonProcess
 from helpers import capacity_of, seq_of, wait_until
-from procs import DaemonProcess
 
 
 async def test_async_poller_starts_at_the_head_and_follows_new_events(serve, hub: Hub) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from test_config import FUZZ_2_70_DOCUMENT
 
-from procs import run_cli
+from bezant_trio.testing import run_cli
 
 
 def one_error_line(done: subprocess.CompletedProcess[str]) -> str:

@@ -24,8 +24,8 @@ import trio
 
 from bezant_trio.config import config_from_mapping
 from bezant_trio.daemon import open_daemon
+from bezant_trio.testing import DaemonProcess
 from helpers import wait_until
-from procs import DaemonProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 REALGW_URL = os.environ.get("REALGW_URL")

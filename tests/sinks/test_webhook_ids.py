@@ -21,8 +21,7 @@ from bezant_trio.sinks import event_id
 from bezant_trio.sinks.manager import SinkManager
 from bezant_trio.store.hub import Hub
 from bezant_trio.store.log import EventLog
-
-from .receiver import Received, Reply, WebhookReceiver
+from bezant_trio.testing import Received, Reply, WebhookReceiver
 
 
 def _hook(receiver: WebhookReceiver, **options: Any) -> dict[str, Any]:

@@ -17,8 +17,7 @@ import trio
 
 from bezant_trio.sinks.manager import SinkManager
 from bezant_trio.store.hub import Hub
-
-from .receiver import Received, Reply, WebhookReceiver
+from bezant_trio.testing import Received, Reply, WebhookReceiver
 
 KEY = b"a 24-byte test key here!"
 SECRET = "whsec_" + base64.b64encode(KEY).decode()

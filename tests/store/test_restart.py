@@ -10,8 +10,8 @@ import httpx
 import trio
 
 from bezant_trio.simulator import GatewaySimulator
+from bezant_trio.testing import DaemonProcess
 from helpers import seq_of
-from procs import DaemonProcess
 
 
 def _config(sim: GatewaySimulator, tmp_path: Path) -> dict[str, Any]:
