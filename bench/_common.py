@@ -2,17 +2,16 @@
 
 Every server the benchmarks talk to runs in a process of its own and binds
 127.0.0.1 with port 0; nothing here ever addresses anything but loopback.
-Every wait is bounded (``trio.fail_after``) so a broken daemon fails the run
-instead of hanging it.
+The processes are :mod:`bezant_trio.testing`'s (:class:`ChildProcess`,
+:class:`DaemonProcess`), whose every wait is bounded so a broken daemon fails
+the run instead of hanging it.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -22,90 +21,49 @@ from typing import Any
 
 import orjson
 import trio
-import yaml
+
+from bezant_trio.testing import ChildProcess, DaemonProcess, rss_kib
+
+__all__ = [
+    "BENCH_DIR",
+    "DAEMON_SRC",
+    "PYTHON",
+    "REPO",
+    "ChildProcess",
+    "DaemonProcess",
+    "Http",
+    "HttpError",
+    "Reply",
+    "cpu_seconds",
+    "daemon_config",
+    "now_ns",
+    "percentile",
+    "request_once",
+    "rss_kib",
+    "spawn",
+    "start_daemon",
+    "start_gateway",
+    "summarise",
+]
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 PYTHON = sys.executable
 
-_SERVING = re.compile(r"serving on (http://\S+)")
-
 
 # ------------------------------------------------------------------ processes
 
 
-def clean_env() -> dict[str, str]:
-    """The environment without BEZANT_/IBKR_ overrides (a config file says everything)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("BEZANT_", "IBKR_"))}
-
-
-class Child:
-    """A child process whose stdout/stderr go to a file (a pipe nobody reads would block it)."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: Sequence[str],
-        workdir: Path,
-        *,
-        cwd: Path | None = None,
-        env: dict[str, str] | None = None,
-    ):
-        self.name = name
-        self.log_path = workdir / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            list(argv),
-            cwd=cwd or workdir,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=clean_env() | (env or {}),
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    async def wait_for(self, pattern: re.Pattern[str], timeout: float = 30) -> re.Match[str]:
-        """The first match of ``pattern`` in the child's output (raises if it exits first)."""
-        with trio.fail_after(timeout):
-            while True:
-                match = pattern.search(self.text())
-                if match:
-                    return match
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"{self.name} exited ({self.proc.returncode}):\n{self.text()[-3000:]}"
-                    )
-                await trio.sleep(0.02)
-
-    def rss_kib(self) -> int:
-        return rss_kib(self.pid)
-
-    async def stop(self, timeout: float = 15) -> None:
-        """SIGTERM, then SIGKILL after ``timeout``."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with trio.move_on_after(timeout):
-                while self.proc.poll() is None:  # noqa: ASYNC110 - a child's exit sets no trio.Event
-                    await trio.sleep(0.02)
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of ``pid`` in KiB (from /proc)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    workdir: Path,
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> ChildProcess:
+    """A child process with its output in ``<workdir>/<name>.log`` (started at once)."""
+    return ChildProcess(argv, workdir / f"{name}.log", cwd=cwd or workdir, env=env)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -116,9 +74,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-async def start_gateway(workdir: Path, tag: str = "gateway") -> tuple[Child, str]:
+async def start_gateway(workdir: Path, tag: str = "gateway") -> tuple[ChildProcess, str]:
     """The simulator (plus the bench's stamped-frame routes) in its own process."""
-    child = Child(tag, [PYTHON, str(BENCH_DIR / "gateway.py"), "--port", "0"], workdir)
+    child = spawn(tag, [PYTHON, str(BENCH_DIR / "gateway.py"), "--port", "0"], workdir)
     match = await child.wait_for(re.compile(r"(http://127\.0\.0\.1:\d+)/v1/api"))
     return child, match.group(1)
 
@@ -157,17 +115,12 @@ DAEMON_SRC: str | None = None
 
 async def start_daemon(
     workdir: Path, config: dict[str, Any], tag: str = "daemon"
-) -> tuple[Child, str]:
-    """``python -m bezant_trio run --config <tmp yaml>``; returns (child, base URL)."""
-    path = workdir / f"{tag}.yaml"
-    path.write_text(yaml.safe_dump(config))
+) -> tuple[DaemonProcess, str]:
+    """``python -m bezant_trio run --config <workdir>/<tag>.yaml``; returns (daemon, base URL)."""
     # INFO (the default) is needed for the "serving on" line; nothing logs per frame or request.
     env = {"PYTHONPATH": DAEMON_SRC} if DAEMON_SRC else None
-    child = Child(
-        tag, [PYTHON, "-m", "bezant_trio", "run", "--config", str(path)], workdir, env=env
-    )
-    match = await child.wait_for(_SERVING)
-    return child, match.group(1)
+    daemon = DaemonProcess(workdir, config, config_path=workdir / f"{tag}.yaml", env=env, name=tag)
+    return daemon, await daemon.start()
 
 
 # ------------------------------------------------------------------ HTTP client

@@ -48,12 +48,14 @@ from _common import (
     BENCH_DIR,
     PYTHON,
     REPO,
-    Child,
+    ChildProcess,
+    DaemonProcess,
     Http,
     cpu_seconds,
     daemon_config,
     percentile,
     request_once,
+    spawn,
     start_daemon,
     start_gateway,
     summarise,
@@ -243,7 +245,7 @@ async def run_baseline_ws(
         argv.append("--latency")
     if raw:
         argv.append("--raw")
-    child = Child(ctx.tag("baseline-ws"), argv, ctx.workdir)
+    child = spawn(ctx.tag("baseline-ws"), argv, ctx.workdir)
     try:
         await child.wait_for(re.compile("READY"))
         reply = await request_once(
@@ -265,7 +267,7 @@ async def run_baseline_ws(
         out["origin_ns"] = t0 + sent.get("encode_seconds", 0.0) * 1e9
         return out
     finally:
-        await child.stop()
+        await child.close()
 
 
 async def send_burst(gateway: str, conids: list[int], total: int) -> dict[str, Any]:
@@ -288,7 +290,7 @@ async def send_burst(gateway: str, conids: list[int], total: int) -> dict[str, A
 
 async def daemon_ingest(
     ctx: Bench,
-    daemon: Child,
+    daemon: DaemonProcess,
     base: str,
     gateway: str,
     conids: list[int],
@@ -417,8 +419,10 @@ def ring_range(topic_head: int, capacity: int) -> tuple[int, int]:
     return first - 1, topic_head - 100
 
 
-async def start_baseline_http(ctx: Bench, size: int, *, raw: bool = False) -> tuple[Child, str]:
-    child = Child(
+async def start_baseline_http(
+    ctx: Bench, size: int, *, raw: bool = False
+) -> tuple[ChildProcess, str]:
+    child = spawn(
         ctx.tag("baseline-http"),
         [PYTHON, str(BENCH_DIR / "baseline_http.py"), "--size", str(size)]
         + (["--raw-asgi"] if raw else []),
@@ -439,7 +443,7 @@ class Bench:
         self.runs = args.runs if args.runs else (1 if args.quick else 5)
         self.workdir = Path(tempfile.mkdtemp(prefix="bezant-bench-"))
         self._counter = 0
-        self.children: list[Child] = []
+        self.children: list[ChildProcess | DaemonProcess] = []
         self.profile = args.profile
         self.profile_dir = BENCH_DIR / "profile"
 
@@ -454,12 +458,12 @@ class Bench:
         """A generous bound for moving ``frames`` (at least 60 s; 1,000 frames/s worst case)."""
         return max(60.0, frames / 1000)
 
-    async def gateway(self) -> tuple[Child, str]:
+    async def gateway(self) -> tuple[ChildProcess, str]:
         child, url = await start_gateway(self.workdir, self.tag("gateway"))
         self.children.append(child)
         return child, url
 
-    async def daemon(self, gateway: str, **config: Any) -> tuple[Child, str]:
+    async def daemon(self, gateway: str, **config: Any) -> tuple[DaemonProcess, str]:
         tag = self.tag("daemon")
         child, url = await start_daemon(
             self.workdir, daemon_config(gateway, self.workdir, tag=tag, **config), tag
@@ -469,7 +473,7 @@ class Bench:
 
     async def stop_all(self) -> None:
         for child in reversed(self.children):
-            await child.stop()
+            await child.close()
         self.children.clear()
 
     def say(self, text: str) -> None:
@@ -1004,7 +1008,13 @@ class Bench:
         return section
 
     async def _fanout_once(
-        self, url: str, path: str, n: int, fire_at: str, daemon: Child | None, sse: bool = False
+        self,
+        url: str,
+        path: str,
+        n: int,
+        fire_at: str,
+        daemon: DaemonProcess | None,
+        sse: bool = False,
     ) -> dict[str, Any]:
         if daemon is not None:
             # The streams of an earlier round must be gone before `waiting` counts this one's.
@@ -1012,7 +1022,7 @@ class Bench:
                 while (await status(url))["waiting"]:  # noqa: ASYNC110 - another process's state
                     await trio.sleep(0.05)
         rss0 = daemon.rss_kib() if daemon else 0
-        child = Child(
+        child = spawn(
             self.tag("fanout"),
             [
                 PYTHON,
@@ -1048,7 +1058,7 @@ class Bench:
                 await request_once(fire_at, "POST", "/fire")
             with trio.fail_after(60):
                 while True:
-                    match = re.search(r'(\{"latencies_ms".*\})', child.text())
+                    match = re.search(r'(\{"latencies_ms".*\})', child.log_text())
                     if match:
                         break
                     if daemon is not None:
@@ -1058,7 +1068,7 @@ class Bench:
             if daemon is not None:
                 peak = max(peak, daemon.rss_kib())
         finally:
-            await child.stop()
+            await child.close()
         lat = out["latencies_ms"]
         return {
             "p99": percentile(lat, 99) if lat else float("nan"),
@@ -1087,7 +1097,7 @@ class Bench:
                     await watch_heads(url, {f"marketdata:{conid}": n}, interval=0.05)
                 await trio.sleep(0.5)
                 sink.append((d.rss_kib() - rss0) / 1024)
-                await d.stop()
+                await d.close()
                 self.children.remove(d)
             self.say(
                 f"memory run {run + 1}: baseline +{base[-1]:.1f} MiB, log off +{off[-1]:.1f} MiB, log on +{on[-1]:.1f} MiB"
@@ -1129,12 +1139,12 @@ class Bench:
         n = self.size["sinks_n"]
         section = Section("sinks", f"6. Sinks ({n:,} frames, SQLite log on, sinks on marketdata:*)")
         _, gw = await self.gateway()
-        fast = Child(
+        fast = spawn(
             self.tag("receiver-fast"),
             [PYTHON, str(BENCH_DIR / "receiver.py"), "--mode", "fast"],
             self.workdir,
         )
-        stall = Child(
+        stall = spawn(
             self.tag("receiver-stall"),
             [PYTHON, str(BENCH_DIR / "receiver.py"), "--mode", "stall"],
             self.workdir,
@@ -1170,7 +1180,7 @@ class Bench:
                 }
             ],
         }
-        daemons: dict[str, tuple[Child, str, int]] = {}
+        daemons: dict[str, tuple[DaemonProcess, str, int]] = {}
         for index, (name, sinks) in enumerate(variants.items()):
             child, url = await self.daemon(gw, log=True, sinks=sinks)
             conid = 601 + index

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
+from typing import Any
 
 import httpx
 import pytest
 import trio
 
-from bezant_trio.http.app import HttpContext, create_app
+from bezant_trio.http.app import create_app
+from bezant_trio.http.context import HttpContext
 from bezant_trio.http.server import serve_http
 from bezant_trio.store.hub import Hub
 from helpers import capacity_of
@@ -22,19 +24,20 @@ async def hub() -> Hub:
     return hub
 
 
-ServeFn = Callable[[HttpContext], Awaitable[str]]
+ServeFn = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
 async def serve(nursery: trio.Nursery) -> AsyncIterator[ServeFn]:
-    """Serve an app built from an HttpContext on 127.0.0.1:0; returns its base URL."""
+    """Serve ``create_app(ctx, **options)`` on 127.0.0.1:0; returns its base URL."""
     stops: list[trio.Event] = []
 
-    async def _serve(ctx: HttpContext) -> str:
+    async def _serve(ctx: HttpContext, **options: Any) -> str:
         stop = trio.Event()
         stops.append(stop)
+        app = create_app(ctx, **options)
         binds = await nursery.start(
-            partial(serve_http, create_app(ctx), "127.0.0.1:0", shutdown_trigger=stop.wait)
+            partial(serve_http, app, "127.0.0.1:0", shutdown_trigger=stop.wait)
         )
         return binds[0]
 

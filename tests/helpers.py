@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable
 
 import trio
 
@@ -25,6 +27,35 @@ async def wait_until(condition: Callable[[], bool], *, poll: float = 0.005) -> N
     """
     while not condition():  # noqa: ASYNC110 - no event exists for these conditions
         await trio.sleep(poll)
+
+
+@contextlib.asynccontextmanager
+async def wall_clock_bound(seconds: float) -> AsyncIterator[None]:
+    """Fail the block with ``trio.TooSlowError`` after ``seconds`` of real time.
+
+    For tests on a MockClock that moves only when told to
+    (``autojump_threshold = math.inf``): there ``trio.fail_after`` counts
+    virtual seconds, which never pass while the test waits for a worker
+    thread. A worker thread times the real seconds instead (a timer, not a
+    synchronisation); leaving the block ends it at once.
+    """
+    done = threading.Event()
+    expired = False
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            nonlocal expired
+            if not await trio.to_thread.run_sync(done.wait, seconds):
+                expired = True
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        try:
+            yield
+        finally:
+            done.set()
+    if expired:
+        raise trio.TooSlowError(f"not done within {seconds} s of real time")
 
 
 def seq_of(event: object) -> int:

@@ -13,15 +13,22 @@ import trio
 from bezant_trio.config import config_from_mapping
 from bezant_trio.daemon import Daemon, StartupError
 from bezant_trio.simulator import GatewaySimulator
+from bezant_trio.testing import DaemonProcess, run_cli
 from helpers import wait_until
-from procs import DaemonProcess, run_cli
 
 
 async def test_status_and_health_of_a_connected_daemon(nursery: trio.Nursery) -> None:
     sim = GatewaySimulator()
     await nursery.start(sim.run)
     config = config_from_mapping(
-        {"gateway": {"url": sim.base_url}, "http": {"bind": "127.0.0.1:0"}}, env={}
+        # resync off: this test counts the orders events exactly (the simulator
+        # answers /iserver/account/orders, which would add a resync event).
+        {
+            "gateway": {"url": sim.base_url},
+            "http": {"bind": "127.0.0.1:0"},
+            "events": {"resync": False},
+        },
+        env={},
     )
     with trio.fail_after(20):
         daemon = await nursery.start(Daemon(config).run)

@@ -15,7 +15,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import h11
 import httpx
 import orjson
 import pytest
@@ -23,74 +22,23 @@ import trio
 import yaml
 
 from bezant_trio import logs
-from bezant_trio.config import config_from_mapping
-from bezant_trio.daemon import Daemon, config_secrets
+from bezant_trio.config import config_from_mapping, config_secrets
+from bezant_trio.daemon import Daemon
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.store.log import EventLog
+from bezant_trio.testing import DaemonProcess, Received, WebhookReceiver
 from helpers import wait_until
-from procs import DaemonProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class GatedReceiver:
-    """A webhook endpoint that holds each request until the test opens the gate."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.held = 0
-        self.open = trio.Event()
-        #: Cursors of the orders events in every batch answered 200, in order.
-        self.accepted: list[list[int]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    async def run(self, *, task_status: trio.TaskStatus[GatedReceiver]) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            await nursery.start(partial(trio.serve_listeners, self._serve, listeners))
-            task_status.started(self)
-
-    async def _serve(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        body = b""
-        try:
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                elif isinstance(event, h11.Request):
-                    body = b""
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                elif isinstance(event, h11.EndOfMessage):
-                    self.held += 1
-                    await self.open.wait()
-                    self.held -= 1
-                    response = h11.Response(status_code=200, headers=[("content-length", "0")])
-                    await stream.send_all(conn.send(response))
-                    await stream.send_all(conn.send(h11.EndOfMessage()))
-                    self.accepted.append([e["cursor"] for e in orjson.loads(body)["events"]])
-                    if conn.our_state is h11.MUST_CLOSE:
-                        return
-                    conn.start_next_cycle()
-                else:
-                    return
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
-            return
-
-
 def _spawn(
-    argv: list[str], log_path: Path | None, *, env: dict[str, str], cwd: Path | None = None
+    argv: list[str], log_path: Path, *, env: dict[str, str], cwd: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` with stdout and stderr in ``log_path`` (or nowhere)."""
-    if log_path is None:
-        return subprocess.Popen(
-            argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+    """Start ``argv`` with stdout and stderr in ``log_path`` and nothing of our environment.
+
+    Not a DaemonProcess: the one-file build must run with a bare environment.
+    """
     with open(log_path, "wb") as log:
         return subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
 
@@ -98,6 +46,15 @@ def _spawn(
 def _checkpoints(db: Path, sink: str) -> dict[str, int]:
     with EventLog.open(db) as elog:
         return elog.load_checkpoints(sink)
+
+
+def _cursors(request: Received) -> list[int]:
+    return [event["cursor"] for event in request.events]
+
+
+def _accepted_batches(receiver: WebhookReceiver) -> list[list[int]]:
+    """The cursors of every batch answered 200, in order."""
+    return [_cursors(request) for request in receiver.accepted]
 
 
 def _committed_cursors(db: Path, topic: str) -> list[int]:
@@ -109,7 +66,8 @@ async def test_sigterm_with_a_slow_sink_finishes_the_batch_persists_checkpoints_
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     sim = await nursery.start(GatewaySimulator().run)
-    receiver = await nursery.start(GatedReceiver().run)
+    receiver = await nursery.start(WebhookReceiver().run)
+    receiver.hold()  # each request waits, unanswered, until the test releases them
     db = tmp_path / "events.db"
     daemon = DaemonProcess(
         tmp_path,
@@ -136,14 +94,14 @@ async def test_sigterm_with_a_slow_sink_finishes_the_batch_persists_checkpoints_
             await sim.wait_subscribed("orders", timeout=10)
             # Orders stream in while the sink's first batch is held in flight.
             sim.start_stream({"orders": 100.0})
-            await wait_until(lambda: receiver.held == 1)
+            await receiver.wait_until(lambda: receiver.held == 1)
             await sim.wait_for(lambda s: s.written("orders").count >= 20, timeout=20)
             daemon.send_signal(signal.SIGTERM)
             await wait_until(lambda: "shutting down" in daemon.log_text())
-            receiver.open.set()  # the batch in flight completes during the grace
+            receiver.release()  # the batch in flight completes during the grace
             assert await daemon.wait(timeout=30) == 0
             sim.stop_stream()
-            first_run = list(receiver.accepted)
+            first_run = _accepted_batches(receiver)
             assert first_run[0][0] == 1
             # The batch in flight at SIGTERM was finished and checkpointed (the
             # sink may deliver more while the log flushes; those count too).
@@ -155,14 +113,16 @@ async def test_sigterm_with_a_slow_sink_finishes_the_batch_persists_checkpoints_
             committed = _committed_cursors(db, "orders")
             # Restart: the rest is delivered from the checkpoint on.
             await daemon.start()
-            await wait_until(
-                lambda: bool(receiver.accepted) and receiver.accepted[-1][-1] >= committed[-1]
+            await receiver.wait_until(
+                lambda: (
+                    bool(receiver.accepted) and _cursors(receiver.accepted[-1])[-1] >= committed[-1]
+                )
             )
             assert await daemon.stop(signal.SIGTERM) == 0
     finally:
         daemon.kill()
         sim.stop()
-    delivered = [c for batch in receiver.accepted for c in batch]
+    delivered = [c for batch in _accepted_batches(receiver) for c in batch]
     # Every committed event reached the sink, in order, at least once.
     assert set(committed) <= set(delivered)
     assert delivered == sorted(delivered)
@@ -183,6 +143,8 @@ async def test_sighup_adds_and_removes_sinks_live_rejects_a_bad_config_and_reope
     config: dict[str, Any] = {
         "gateway": {"url": sim.base_url},
         "http": {"bind": "127.0.0.1:0"},
+        # resync off: the file sink's lines are counted exactly.
+        "events": {"resync": False},
         "store": {"path": str(tmp_path / "events.db")},
         "sinks": [{"name": "first", "type": "file", "topics": ["orders"], "path": str(first)}],
     }
@@ -400,38 +362,23 @@ async def test_daemon_process_logs_for_journald_without_the_token(tmp_path: Path
     assert "a-very-secret-token-42" not in daemon.log_text()
 
 
-async def test_log_file_is_reopened_on_sighup(tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_log_file_is_reopened_on_sighup(tmp_path: Path) -> None:
     log_file = tmp_path / "bezant.log"
     config = tmp_path / "c.yaml"
     config.write_text("http: {bind: '127.0.0.1:0'}\ngateway: {url: 'http://127.0.0.1:9/v1/api'}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BEZANT_", "IBKR_"))}
-    proc = _spawn(
-        [
-            sys.executable,
-            "-m",
-            "bezant_trio",
-            "run",
-            "--config",
-            str(config),
-            "--log-file",
-            str(log_file),
-        ],
-        None,
-        env=env,
-    )
+    daemon = DaemonProcess(tmp_path, config_path=config, args=["--log-file", str(log_file)])
     try:
         with trio.fail_after(30):
+            # Every line goes to --log-file, none to the captured output: wait on the file.
+            daemon.spawn()
             await wait_until(lambda: log_file.exists() and "serving on" in log_file.read_text())
             log_file.rename(tmp_path / "bezant.log.1")
-            proc.send_signal(signal.SIGHUP)
+            daemon.send_signal(signal.SIGHUP)
             await wait_until(lambda: log_file.exists() and "SIGHUP" in log_file.read_text())
-            proc.send_signal(signal.SIGTERM)
-            await wait_until(lambda: proc.poll() is not None)
+            code = await daemon.stop(signal.SIGTERM)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0
+        daemon.kill()
+    assert code == 0
     assert "stopped" in log_file.read_text()
 
 

@@ -30,8 +30,8 @@ from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.store.hub import Hub
 from bezant_trio.store.log import EventLog
 from bezant_trio.systemd import SystemdNotifier, WriterHealth
-from helpers import capacity_of, wait_until
-from procs import DaemonProcess
+from bezant_trio.testing import DaemonProcess
+from helpers import capacity_of, wall_clock_bound
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "bezant-trio.service"
@@ -217,18 +217,21 @@ async def test_a_wedged_writer_stops_the_pings_and_a_recovered_one_resumes_them(
     health = WriterHealth(lambda: hub.status()["pending"], period=interval)
     hub.commit_observers.append(health.observe_commit)
     try:
-        async with trio.open_nursery() as tasks:
+        # Virtual time moves only by advance(): the commits in the worker
+        # thread and the notify datagrams are bounded in real time instead.
+        async with wall_clock_bound(60), trio.open_nursery() as tasks:
             await tasks.start(hub.run_writer)
             await tasks.start(notifier.run_watchdog, health)
             # Healthy: the event commits, the pings go on.
             hub.publish("orders", {"n": 1})
-            await hub.wait("orders", 0, math.inf)
+            assert await hub.wait("orders", 0, math.inf)
             await advance(interval)
             await fake_systemd.wait_for("WATCHDOG", count=2)
             # Wedge the writer with an event pending.
             elog.unwedged.clear()
             hub.publish("orders", {"n": 2})
-            await trio.to_thread.run_sync(elog.blocked.wait)
+            # A thread's wait cannot be cancelled: it carries its own bound.
+            assert await trio.to_thread.run_sync(elog.blocked.wait, 30), "the writer never blocked"
             wedged_at = trio.current_time()
             for _ in range(10):
                 await advance(interval)
@@ -239,7 +242,7 @@ async def test_a_wedged_writer_stops_the_pings_and_a_recovered_one_resumes_them(
             assert [at for at in pings if at > 0] == [interval]
             # Recovery: the commit goes through and the pings resume.
             elog.unwedged.set()
-            await hub.wait("orders", 1, math.inf)
+            assert await hub.wait("orders", 1, math.inf)
             await advance(interval)
             await fake_systemd.wait_for("WATCHDOG", count=len(pings) + 1)
             assert not notifier.withholding
@@ -289,7 +292,7 @@ async def test_daemon_process_notifies_ready_after_bind_watchdog_reload_and_stop
     )
     try:
         with trio.fail_after(30):
-            daemon._spawn()
+            daemon.spawn()
             await fake.wait_for("READY")
             # READY=1 means serving: the socket is bound and answers right away.
             match = re.search(r"serving on (http://\S+)", daemon.log_text())
@@ -395,11 +398,6 @@ os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 """
 
 
-def _spawn(argv: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
 def _mdwe_supported() -> bool:
     probe = subprocess.run(
         [sys.executable, "-c", _MDWE_LAUNCHER, "-c", "pass"], capture_output=True, timeout=30
@@ -417,27 +415,20 @@ async def test_daemon_serves_under_memory_deny_write_execute(tmp_path: Path) -> 
         f"store: {{path: '{tmp_path / 'events.db'}'}}\n"
         f"sinks: [{{name: f, type: file, path: '{tmp_path / 'out.jsonl'}'}}]\n"
     )
-    log_path = tmp_path / "daemon.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BEZANT_", "IBKR_"))}
-    argv = [sys.executable, str(tmp_path / "launch.py"), "-m", "bezant_trio", "run"]
-    proc = _spawn([*argv, "--config", str(config)], log_path, env)
+    daemon = DaemonProcess(
+        tmp_path,
+        config_path=config,
+        command=[sys.executable, str(tmp_path / "launch.py"), "-m", "bezant_trio"],
+    )
     try:
         with trio.fail_after(30):
-            await wait_until(
-                lambda: "serving on" in log_path.read_text() or proc.poll() is not None
-            )
-            text = log_path.read_text()
-            match = re.search(r"serving on (http://\S+)", text)
-            assert match is not None, text
+            url = await daemon.start()
             async with httpx.AsyncClient() as client:
                 for path in ("/health", "/metrics", "/events/gap?since=0", "/events/_status"):
-                    response = await client.get(match.group(1) + path)
+                    response = await client.get(url + path)
                     assert response.status_code == 200, (path, response.text)
-            proc.send_signal(signal.SIGTERM)
-            await wait_until(lambda: proc.poll() is not None)
-        assert proc.returncode == 0, log_path.read_text()
-        assert "Traceback" not in log_path.read_text()
+            code = await daemon.stop(signal.SIGTERM)
+        assert code == 0, daemon.log_text()
+        assert "Traceback" not in daemon.log_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        daemon.kill()

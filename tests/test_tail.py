@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import socket
@@ -14,12 +16,13 @@ import orjson
 import pytest
 import trio
 
-from bezant_trio.client import AsyncPoller, Poller, PollError
-from bezant_trio.http.app import HttpContext
+from bezant_trio.client import AsyncPoller, Poller, PollError, tail_forever
+from bezant_trio.http.context import HttpContext
+from bezant_trio.model import GapReason
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.store.hub import Hub
+from bezant_trio.testing import DaemonProcess
 from helpers import capacity_of, seq_of, wait_until
-from procs import DaemonProcess
 
 
 async def test_async_poller_starts_at_the_head_and_follows_new_events(serve, hub: Hub) -> None:
@@ -45,7 +48,9 @@ async def test_async_poller_starts_at_the_head_and_follows_new_events(serve, hub
     assert poller.cursor == 3 and poller.reset_epoch == 1
 
 
-async def test_async_poller_on_412_yields_a_gap_line_and_resumes_at_the_head(serve) -> None:
+async def test_async_poller_on_412_yields_a_gap_line_and_resumes_at_the_oldest_kept(
+    serve,
+) -> None:
     hub = Hub(capacity_of(default=3))
     await hub.open()
     for i in range(10):
@@ -54,12 +59,14 @@ async def test_async_poller_on_412_yields_a_gap_line_and_resumes_at_the_head(ser
         base = await serve(HttpContext(hub=hub))
         async with AsyncPoller(base, "orders", since=1, wait=0) as poller:
             gap = await poller.poll()
+            kept = await poller.poll()  # what the ring still holds: nothing more is lost
             assert await poller.poll() == []  # 204: caught up at the head
             hub.publish("orders", {"i": 10})
             after = await poller.poll()
     assert len(gap) == 1 and gap[0]["cursor"] is None
     assert gap[0]["payload"]["reason"] == "cursor_expired"
-    assert gap[0]["payload"]["skipped_from"] == 1 and gap[0]["payload"]["resumed_at"] == 10
+    assert gap[0]["payload"]["skipped_from"] == 1 and gap[0]["payload"]["resumed_at"] == 7
+    assert [e["cursor"] for e in kept] == [8, 9, 10]
     assert [e["cursor"] for e in after] == [11]
 
 
@@ -103,6 +110,60 @@ async def test_head_of_a_topic_that_never_had_an_event_is_zero(serve, hub: Hub) 
         async with AsyncPoller(base, "pnl", wait=0) as poller:
             assert await poller.head() == 0
             assert await poller.poll() == []
+
+
+async def test_state_then_follow_loses_nothing_across_a_reconnect(serve, hub: Hub) -> None:
+    hub.publish("orders", {"topic": "sor", "args": [{"orderId": 1, "status": "Submitted"}]})
+    with trio.fail_after(10):
+        base = await serve(HttpContext(hub=hub))
+        async with AsyncPoller(base, "orders", wait=0) as poller:
+            state = await poller.state_then_follow()
+            await hub.bump_epoch(GapReason.RECONNECTED_AFTER_DISCONNECT)
+            hub.publish("orders", {"topic": "sor", "args": [{"orderId": 1, "status": "Filled"}]})
+            after = await poller.poll()
+    assert state["cursor"] == 1 and state["items"]["1"]["status"] == "Submitted"
+    assert [e["cursor"] for e in after] == [2, 3]  # the gap, then the fill: nothing twice
+    assert after[0]["payload"]["reason"] == "reconnected_after_disconnect"
+    assert poller.reset_epoch == 2
+
+
+async def test_tail_state_prints_the_state_then_the_events_after_it(serve, hub: Hub) -> None:
+    hub.publish("orders", {"topic": "sor", "args": [{"orderId": 7, "status": "Submitted"}]})
+    out = io.StringIO()
+    with trio.fail_after(20):
+        base = await serve(HttpContext(hub=hub))
+
+        def tail() -> None:
+            with contextlib.suppress(_Enough):
+                tail_forever(
+                    base, "orders", since=None, token=None, wait=1, state=True, out=_Until(out, 2)
+                )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, tail)
+            await wait_until(lambda: out.getvalue().count("\n") >= 1)
+            hub.publish("orders", {"topic": "sor", "args": [{"orderId": 7, "status": "Filled"}]})
+    first, second = (orjson.loads(line) for line in out.getvalue().splitlines())
+    assert first["state"]["items"]["7"]["status"] == "Submitted" and first["state"]["cursor"] == 1
+    assert second["cursor"] == 2 and second["payload"]["args"][0]["status"] == "Filled"
+
+
+class _Enough(Exception):
+    pass
+
+
+class _Until:
+    """An output that ends ``tail_forever`` once it has ``lines`` lines."""
+
+    def __init__(self, out: io.StringIO, lines: int) -> None:
+        self._out, self._lines = out, lines
+
+    def write(self, text: str) -> None:
+        self._out.write(text)
+
+    def flush(self) -> None:
+        if self._out.getvalue().count("\n") >= self._lines:
+            raise _Enough
 
 
 def _spawn(

@@ -12,9 +12,9 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
-import orjson
 import trio
 
 from bezant_trio import __version__
@@ -110,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
         help="bearer token (default $BEZANT_API_TOKEN; prefer the variable: argv is visible to ps)",
     )
     tail.add_argument("--wait", type=float, default=25.0, help="long-poll seconds (0-30)")
+    tail.add_argument(
+        "--state",
+        action="store_true",
+        help='first print the topic\'s latest state as one line {"state": ...} '
+        "(orders, pnl, marketdata:<conid>), then the events after it",
+    )
     tail.set_defaults(func=_cmd_tail)
     return parser
 
@@ -150,9 +156,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         validate_sink_configs(config.sinks)
     except (ConfigError, SinkConfigError) as exc:
         return _config_error(exc)
-    sys.stdout.write(
-        orjson.dumps(config.to_dict(mask_secrets=True), option=orjson.OPT_INDENT_2).decode() + "\n"
-    )
+    sys.stdout.write(config.to_json(mask_secrets=True) + "\n")
     return 0
 
 
@@ -168,22 +172,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _run_daemon(config, config_path)
 
 
-def _run_daemon(config: Config, config_path: str | None, *, before: Any = None) -> int:
-    from bezant_trio.daemon import Daemon, StartupError, run_until_signalled
+def _run_daemon(config: Config, config_path: str | None) -> int:
+    from bezant_trio.daemon import serve_until_signalled
 
-    daemon = Daemon(config, config_path=config_path)
+    return _trio_main(lambda: serve_until_signalled(config, config_path=config_path))
 
-    async def _main() -> None:
-        if before is None:
-            await run_until_signalled(daemon)
-            return
-        async with trio.open_nursery() as nursery:
-            await before(nursery, daemon)
-            await run_until_signalled(daemon)
-            nursery.cancel_scope.cancel()
+
+def _trio_main(main: Any) -> int:
+    """``trio.run(main)``; a start-up or config error is one line on stderr and exit 2."""
+    from bezant_trio.errors import StartupError
 
     try:
-        trio.run(_main)
+        trio.run(main)
     except BaseException as exc:  # unwrap nursery groups to find a start-up error
         startup = _find(exc, (StartupError, ConfigError))
         if startup is not None:
@@ -204,51 +204,56 @@ def _find(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseExc
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from bezant_trio.daemon import serve_until_signalled
     from bezant_trio.logs import setup_logging
     from bezant_trio.simulator import GatewaySimulator
 
     setup_logging(args.log_level, args.log_format, log_file=args.log_file)
     conids = args.conid or [265598, 8314]
-    simulator = GatewaySimulator(
-        tls=True, rates={"orders": 2.0, "pnl": 1.0, "trades": 0.5, "marketdata": 5.0}
-    )
     store_path = None if args.memory else os.path.join(args.state_dir, "demo-events.db")
 
-    async def before(nursery: trio.Nursery, daemon: Any) -> None:
-        await nursery.start(simulator.run)
-        daemon.config = config_from_mapping(
-            {
-                "gateway": {"url": simulator.base_url, "verify_tls": False},
-                "http": {"bind": args.bind},
-                "events": {
-                    "channels": ["orders", "pnl", "trades"],
-                    "marketdata": {"idle_unsubscribe": 0},
-                },
-                "store": {"path": store_path},
-            },
-            env={},
+    async def demo() -> None:
+        simulator = GatewaySimulator(
+            tls=True, rates={"orders": 2.0, "pnl": 1.0, "trades": 0.5, "marketdata": 5.0}
         )
-
-        async def want_conids() -> None:
-            await daemon.serving.wait()
-            for conid in conids:
-                daemon.hub.want_conid(conid)
-            base = daemon.http_url
-            print(
-                f"\nbezant-trio demo: simulated gateway at {simulator.base_url}\n"
-                f"  daemon at {base}; try:\n"
-                f"    curl -s '{base}/events/_status'\n"
-                f"    curl -s '{base}/events/orders?since=0&limit=5'\n"
-                f"    curl -s '{base}/events/pnl?since=0&wait=5'\n"
-                f"    curl -s '{base}/events/marketdata?conid={conids[0]}&since=0'\n"
-                f"    bezant-trio tail orders --url {base}\n"
-                "  Ctrl-C stops.\n",
-                flush=True,
+        async with trio.open_nursery() as nursery:
+            await nursery.start(simulator.run)
+            config = config_from_mapping(
+                {
+                    "gateway": {"url": simulator.base_url, "verify_tls": False},
+                    "http": {"bind": args.bind},
+                    "events": {
+                        "channels": ["orders", "pnl", "trades"],
+                        "marketdata": {"idle_unsubscribe": 0},
+                    },
+                    "store": {"path": store_path},
+                },
+                env={},
             )
+            async with trio.open_nursery() as serving:
+                daemon = await serving.start(partial(serve_until_signalled, config))
+                _announce_demo(daemon, simulator.base_url, conids)
+            nursery.cancel_scope.cancel()
 
-        nursery.start_soon(want_conids)
+    return _trio_main(demo)
 
-    return _run_daemon(config_from_mapping({}, env={}), None, before=before)
+
+def _announce_demo(daemon: Any, gateway_url: str, conids: list[int]) -> None:
+    """Once the demo daemon serves: want its conids and print what to try."""
+    for conid in conids:
+        daemon.wants.want(conid)
+    base = daemon.http_url
+    print(
+        f"\nbezant-trio demo: simulated gateway at {gateway_url}\n"
+        f"  daemon at {base}; try:\n"
+        f"    curl -s '{base}/events/_status'\n"
+        f"    curl -s '{base}/events/orders?since=0&limit=5'\n"
+        f"    curl -s '{base}/events/pnl?since=0&wait=5'\n"
+        f"    curl -s '{base}/events/marketdata?conid={conids[0]}&since=0'\n"
+        f"    bezant-trio tail orders --url {base}\n"
+        "  Ctrl-C stops.\n",
+        flush=True,
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -268,7 +273,12 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return tail_forever(
-            args.url, args.topic, since=args.since, token=args.token, wait=args.wait
+            args.url,
+            args.topic,
+            since=args.since,
+            token=args.token,
+            wait=args.wait,
+            state=args.state,
         )
     except KeyboardInterrupt:
         return 0

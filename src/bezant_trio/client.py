@@ -8,15 +8,19 @@ stream of events:
 - ``412 cursor_expired``: events were dropped before we read them. The
   poller yields one synthetic event, ``{"cursor": null, "topic", ...,
   "payload": {"reason": "cursor_expired", "skipped_from", "resumed_at",
-  "new_reset_epoch"}}``, and resumes at ``head_cursor``. A ``head_cursor``
-  *below* our cursor means the daemon restarted without its durable log (a
-  new cursor space), so the poller resumes from 0 instead and loses nothing
-  of the new space.
+  "new_reset_epoch"}}``, and resumes with ``since = head_cursor - 1``:
+  ``head_cursor`` is the oldest event still kept, so only what is gone is
+  skipped. (After a restart without the durable log it is below our cursor:
+  a new cursor space, read from its start.)
 - ``reset_epoch`` changes (reconnects, restarts) are tracked in
   :attr:`reset_epoch`; the daemon itself puts a ``gap`` event into the
   topic for each, so the stream shows them in order.
 - Connection errors and 5xx (the daemon restarting) are retried with
   backoff; other 4xx (bad token, bad topic) raise :class:`PollError`.
+
+``state_then_follow()`` takes a topic's latest state (``/state/...``) and
+positions the poller at the cursor it reflects, so following from there
+loses nothing and applies nothing twice.
 
 ``bezant-trio tail`` is :func:`tail_forever` on the sync :class:`Poller`;
 :class:`AsyncPoller` is the same on ``httpx.AsyncClient`` for Trio (or asyncio) bots.
@@ -65,7 +69,9 @@ class _PollState:
     def head_from(self, response: httpx.Response) -> int:
         """The head cursor told by the answer to a ``since=_PROBE_CURSOR`` poll."""
         if response.status_code == 412:
-            return int(response.json()["head_cursor"])
+            body = response.json()
+            # bezant-trio says the newest; bezant-server only the oldest kept.
+            return int(body.get("newest_cursor", body["head_cursor"]))
         if response.status_code == 204:
             return int(response.headers.get("x-bezant-cursor", 0))
         _raise_unless_retryable(response)
@@ -80,8 +86,10 @@ class _PollState:
             return []
         if response.status_code == 412:
             body = response.json()
-            head = int(body["head_cursor"])
-            resumed = head if head >= self.cursor else 0
+            # head_cursor is the oldest event still kept: resume just before it,
+            # so only what is really gone is skipped (also after a restart
+            # without the log, when it is below our cursor).
+            resumed = max(0, int(body["head_cursor"]) - 1)
             epoch = body.get("reset_epoch")
             gap = {
                 "cursor": None,
@@ -104,6 +112,24 @@ class _PollState:
         self._note_epoch(body.get("reset_epoch"))
         self.cursor = int(body["next_cursor"])
         return events
+
+    def state_request(self) -> tuple[str, dict[str, Any]]:
+        """The path and query of the state view of this topic (docs/api.md, "State views")."""
+        topic = self.topic
+        if topic in ("orders", "pnl"):
+            return f"/state/{topic}", {}
+        family, _, conid = topic.partition(":")
+        if family == "marketdata" and conid.isdigit():
+            return "/state/marketdata", {"conid": conid}
+        raise PollError(f"{topic} has no state view (orders, pnl and marketdata:<conid> have)")
+
+    def take_state(self, response: httpx.Response) -> dict[str, Any]:
+        """Apply a state answer: the cursor moves to what the state reflects."""
+        _raise_unless_retryable(response)
+        body: dict[str, Any] = response.json()
+        self.cursor = int(body["cursor"])
+        self._note_epoch(body.get("reset_epoch"))
+        return body
 
     def _note_epoch(self, epoch: int | None) -> None:
         if epoch is not None and self.reset_epoch is not None and epoch != self.reset_epoch:
@@ -186,6 +212,15 @@ class Poller:
         """The topic's newest cursor (0 for a topic that never had an event)."""
         return self._state.head_from(self._get(_PROBE_CURSOR, 0))
 
+    def state_then_follow(self) -> dict[str, Any]:
+        """Take the topic's latest state; iterating afterwards follows from its cursor.
+
+        Returns the state answer (``{"cursor", "reset_epoch", "items"}``, or
+        ``"item"`` for one quote). Nothing is lost or applied twice between the two.
+        """
+        path, params = self._state.state_request()
+        return self._state.take_state(self._client.get(f"{self.url}{path}", params=params))
+
     def poll(self) -> list[dict[str, Any]]:
         """One long-poll; returns events (maybe a synthetic gap) and advances the cursor."""
         if self._state.cursor is None:
@@ -261,6 +296,12 @@ class AsyncPoller:
         """The topic's newest cursor (0 for a topic that never had an event)."""
         return self._state.head_from(await self._get(_PROBE_CURSOR, 0))
 
+    async def state_then_follow(self) -> dict[str, Any]:
+        """Take the topic's latest state; iterating afterwards follows from its cursor."""
+        path, params = self._state.state_request()
+        response = await self._client.get(f"{self.url}{path}", params=params)
+        return self._state.take_state(response)
+
     async def poll(self) -> list[dict[str, Any]]:
         """One long-poll; returns events (maybe a synthetic gap) and advances the cursor."""
         if self._state.cursor is None:
@@ -304,9 +345,14 @@ def tail_forever(
     since: int | None,
     token: str | None,
     wait: float = 25.0,
+    state: bool = False,
     out: Any = None,
 ) -> int:
-    """Print ``topic``'s events as JSON lines until interrupted; 1 on a final error."""
+    """Print ``topic``'s events as JSON lines until interrupted; 1 on a final error.
+
+    With ``state``, the first line is the topic's latest state (``{"state": ...}``)
+    and the events printed after it are those after the state's cursor.
+    """
     out = out if out is not None else sys.stdout
 
     def report(exc: Exception, delay: float) -> None:
@@ -314,6 +360,9 @@ def tail_forever(
 
     try:
         with Poller(url, topic, since=since, token=token, wait=wait, on_retry=report) as poller:
+            if state:
+                out.write(orjson.dumps({"state": poller.state_then_follow()}).decode() + "\n")
+                out.flush()
             for event in poller:
                 out.write(orjson.dumps(event).decode() + "\n")
                 out.flush()

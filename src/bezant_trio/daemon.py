@@ -1,9 +1,14 @@
 """The supervisor: one root nursery that wires every part together.
 
 This is the only module that knows the connector, the hub and its log, the
-HTTP surface and the sinks. Start-up is ordered so that ``run`` reports
-started (and systemd hears READY=1) only when the daemon can serve: the log
-is open, the writer runs, the connector has started, the HTTP socket is bound.
+HTTP service and the sinks (docs/architecture.md). Start-up is ordered so
+that ``run`` reports started (and systemd hears READY=1) only when the daemon
+can serve: the log is open, the writer runs, the connector has started, the
+HTTP socket is bound.
+
+A graceful stop has one deadline, computed when the stop is asked for
+(``shutdown_grace`` seconds from the signal to the exit, every phase
+included), and each phase runs under it; see :meth:`Daemon._shutdown`.
 """
 
 from __future__ import annotations
@@ -11,34 +16,40 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
 from bezant_trio import logs
-from bezant_trio.config import Config, ConfigError, load_config
-from bezant_trio.cpapi.connector import DRAIN_MAX, Connector, ConnectorSettings
-from bezant_trio.http.app import HttpContext, create_app
-from bezant_trio.http.fastpath import FastPolls
-from bezant_trio.http.metrics import DaemonMetrics
-from bezant_trio.http.server import BindError, InFlight, serve_http
-from bezant_trio.http.sse import SseStreams
+from bezant_trio.config import Config, ConfigError, config_secrets, load_config
+from bezant_trio.cpapi.connector import Connector
+from bezant_trio.errors import StartupError
+from bezant_trio.http import HttpService
 from bezant_trio.sinks.manager import SinkConfigError, SinkManager
 from bezant_trio.store.hub import Hub
 from bezant_trio.store.log import EventLog, LogOpenError
+from bezant_trio.store.state import StateViews
 from bezant_trio.systemd import SystemdNotifier, WriterHealth
+from bezant_trio.wants import Wants
 
-__all__ = ["Daemon", "StartupError"]
+__all__ = ["Daemon", "StartupError", "open_daemon", "serve_until_signalled"]
 
 log = logging.getLogger(__name__)
 
-
-class StartupError(Exception):
-    """The daemon cannot start; ``str()`` is one line saying what to fix (exit 2)."""
+#: The last part of the shutdown deadline kept for what must not be skipped:
+#: committing what is pending, marking the log clean, storing sink checkpoints.
+#: Waiting on others (the gateway's echo, a sink's receiver) ends before it.
+#: At most a quarter of ``shutdown_grace``.
+FINAL_RESERVE = 1.5
 
 
 class Daemon:
-    """The whole daemon, startable as ``await nursery.start(daemon.run)``."""
+    """The whole daemon, startable as ``await nursery.start(daemon.run)``.
+
+    Prefer :func:`open_daemon`, which also stops it under the deadline.
+    """
 
     def __init__(
         self,
@@ -54,25 +65,27 @@ class Daemon:
         #: Tests that publish into the hub directly can run without a gateway.
         self.connect = connect
         self.hub: Hub | None = None
+        #: Market-data demand: HTTP records wants, the connector follows them.
+        self.wants = Wants(config.events.marketdata.max_conids)
         self.connector: Connector | None = None
         self.sinks: SinkManager | None = None
+        self.http: HttpService | None = None
         self.http_url: str | None = None
         self.state = "starting"
         #: systemd's notify socket (a no-op without ``$NOTIFY_SOCKET``).
         self.notifier = notifier if notifier is not None else SystemdNotifier.from_env()
-        self.metrics: DaemonMetrics | None = None
-        self.streams = SseStreams()
-        #: The ASGI fast path for plain polls (on; tests switch it off to compare).
-        self.fast_polls = FastPolls()
         self._stop = trio.Event()
+        #: ``trio.current_time()`` by which a graceful stop is over (set by request_stop).
+        self.stop_deadline: float | None = None
         #: Set once the daemon serves (what READY=1 means).
         self.serving = trio.Event()
-        self._http_stop = trio.Event()
 
     # ------------------------------------------------------------- control
 
     def request_stop(self) -> None:
-        """Begin a graceful shutdown (what SIGTERM does)."""
+        """Begin a graceful shutdown (what SIGTERM does); the deadline starts now."""
+        if self.stop_deadline is None:
+            self.stop_deadline = trio.current_time() + self.config.shutdown_grace
         self._stop.set()
 
     async def reload_sinks(self, sink_configs: Any) -> None:
@@ -129,40 +142,31 @@ class Daemon:
 
     async def _run(self, event_log: EventLog | None, task_status: trio.TaskStatus[Daemon]) -> None:
         config = self.config
-        hub = self.hub = Hub(
-            config.events.capacity_for,
-            event_log=event_log,
-            max_conids=config.events.marketdata.max_conids,
+        state = StateViews(
+            finished_ttl=config.events.finished_orders_ttl, keep_conid=self.wants.__contains__
         )
+        hub = self.hub = Hub(config.events.capacity_for, event_log=event_log, state=state)
         await hub.open()
         try:
-            self.sinks = SinkManager(hub, config.sinks)
+            sinks = self.sinks = SinkManager(hub, config.sinks)
         except SinkConfigError as exc:
             raise StartupError(str(exc)) from None
         if self.connect:
-            self.connector = Connector(hub, ConnectorSettings.from_config(config))
-        metrics = self.metrics = DaemonMetrics(
-            hub,
-            connector_status=lambda: self.connector.status() if self.connector else None,
-            sinks_status=lambda: self.sinks.status() if self.sinks else {},
-            capacity_for=config.events.capacity_for,
-            in_flight=lambda: app.count,
-            sse_clients=lambda: self.streams.clients,
-        )
-        app = self._http = InFlight(
-            create_app(
-                HttpContext(
-                    hub=hub,
-                    token=config.http.token,
-                    status_extra=self._status_extra,
-                    health=self._health,
-                    metrics=metrics.render,
-                    history_enabled=lambda: event_log is not None,
-                    streams=self.streams,
-                    fast_polls=self.fast_polls,
-                    extensions=[metrics.install],
-                )
+            self.connector = Connector(
+                hub, gateway=config.gateway, events=config.events, wants=self.wants
             )
+        http = self.http = HttpService(
+            hub,
+            bind=config.http.bind,
+            wants=self.wants,
+            token=config.http.token,
+            status_extra=self._status_extra,
+            health=self._health,
+            readiness=self._readiness,
+            connector_status=lambda: self.connector.status() if self.connector else None,
+            sinks_status=sinks.status,
+            capacity_for=config.events.capacity_for,
+            graceful_timeout=config.shutdown_grace,
         )
         notifier = self.notifier
         async with trio.open_nursery() as nursery:
@@ -174,75 +178,68 @@ class Daemon:
             await nursery.start(self._run_retention)
             connector_scope = trio.CancelScope()
             if self.connector is not None:
-                await nursery.start(self._run_connector, connector_scope)
+                await nursery.start(self._run_in_scope, self.connector.run, connector_scope)
             sinks_scope = trio.CancelScope()
-            await nursery.start(self._run_sinks, sinks_scope)
-            try:
-                binds = await nursery.start(
-                    lambda task_status: serve_http(
-                        app,
-                        config.http.bind,
-                        shutdown_trigger=self._http_stop.wait,
-                        graceful_timeout=config.shutdown_grace,
-                        task_status=task_status,
-                    )
-                )
-            except BindError as exc:
-                raise StartupError(str(exc)) from None
-            self.http_url = binds[0]
+            await nursery.start(self._run_in_scope, sinks.run, sinks_scope)
+            self.http_url = await nursery.start(http.run)
             self.state = "serving"
             log.info("serving on %s (epoch %d)", self.http_url, hub.reset_epoch)
-            self.sinks.run_startup_hooks(daemon=self)
+            try:
+                sinks.run_startup_hooks(daemon=self)
+            except SinkConfigError as exc:
+                raise StartupError(str(exc)) from None
             self.serving.set()
             notifier.ready(self.status_line())
             await nursery.start(notifier.run_status, self.status_line)
             task_status.started(self)
             await self._stop.wait()
-            await self._shutdown(nursery, connector_scope, sinks_scope)
+            await self._shutdown(connector_scope, sinks_scope)
+            # What is left (the writer, the pruner, the server) has nothing more to do.
+            nursery.cancel_scope.cancel()
         log.info("stopped")
 
     async def _shutdown(
-        self,
-        nursery: trio.Nursery,
-        connector_scope: trio.CancelScope,
-        sinks_scope: trio.CancelScope,
+        self, connector_scope: trio.CancelScope, sinks_scope: trio.CancelScope
     ) -> None:
-        """Stop taking input, answer long-polls, flush, let sinks finish, exit."""
-        assert self.hub is not None and self.sinks is not None
+        """Stop taking input, answer long-polls, flush, let sinks finish, all by one deadline.
+
+        The order (docs/architecture.md, "Shutdown"): drain the gateway
+        connection (frames already on the wire are captured), stop accepting
+        HTTP connections, close the hub (long-polls and streams are answered,
+        pending events are committed, the log is marked clean), let each sink
+        finish the batch it is delivering and store its checkpoints, wait for
+        the HTTP requests still in flight. Waiting on others (the gateway's
+        echo, a sink's receiver) ends ``FINAL_RESERVE`` before the deadline,
+        so the log and the checkpoints always get their turn.
+        """
+        assert self.hub is not None and self.sinks is not None and self.http is not None
+        assert self.stop_deadline is not None
+        deadline = self.stop_deadline
+        soft = deadline - min(FINAL_RESERVE, self.config.shutdown_grace / 4)
         self.state = "stopping"
         self.notifier.stopping()
-        log.info("shutting down")
+        log.info("shutting down (within %.1f s)", max(0.0, deadline - trio.current_time()))
         self.sinks.run_shutdown_hooks(daemon=self)
         if self.connector is not None:
             # Drain first: frames already on their way are captured, not dropped.
-            await self.connector.stop(min(DRAIN_MAX, self.config.shutdown_grace))
+            with trio.move_on_at(soft):
+                await self.connector.stop()
         connector_scope.cancel()
-        self._http_stop.set()
-        with trio.move_on_after(self.config.shutdown_grace + 1):
+        self.http.stop_accepting()
+        with trio.move_on_at(deadline):
             await self.hub.close()
-        with trio.move_on_after(self.config.shutdown_grace + 1):
-            await self.sinks.aclose(self.config.shutdown_grace)
+        await self.sinks.aclose(deadline, finish_by=soft)
         sinks_scope.cancel()
-        # Hypercorn stopped accepting; wait for the requests in flight (the
-        # long-polls just woken) to be answered, then close what is idle.
-        with trio.move_on_after(self.config.shutdown_grace):
-            await self._http.wait_idle()
-        # What is left (the writer, the pruner) has nothing more to do.
-        nursery.cancel_scope.cancel()
+        # The long-polls and streams the hub just woke are answering; wait for
+        # them, then close what is idle.
+        with trio.move_on_at(deadline):
+            await self.http.wait_idle()
 
-    async def _run_connector(
-        self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+    async def _run_in_scope(
+        self, run: Any, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
     ) -> None:
-        assert self.connector is not None
         with scope:
-            await self.connector.run(task_status=task_status)
-
-    async def _run_sinks(
-        self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
-    ) -> None:
-        assert self.sinks is not None
-        with scope:
-            await self.sinks.run(task_status=task_status)
+            await run(task_status=task_status)
 
     async def _run_retention(self, *, task_status: trio.TaskStatus[None]) -> None:
         """Prune the log every ``store.prune_interval`` in small batches."""
@@ -296,9 +293,30 @@ class Daemon:
                 "frames": {},
                 "topics_subscribed": self.hub.topics(),
             }
+        extra["wanted_conids"] = self.wants.wanted()
         extra["uptime_seconds"] = self.hub.uptime_seconds()
         extra["sinks"] = self.sinks.status() if self.sinks is not None else {}
         return extra
+
+    def _readiness(self) -> tuple[int, dict[str, Any]]:
+        """``/health/ready``: 200 when connected and receiving with a writable log, else 503."""
+        reasons: list[str] = []
+        if self.state != "serving" or self.hub is None:
+            reasons.append(f"the daemon is {self.state}")
+        elif self.connector is None:
+            reasons.append("not connecting to a gateway")
+        elif not self.connector.connected:
+            error = self.connector.last_error
+            reasons.append(f"gateway {self.connector.state}" + (f": {error}" if error else ""))
+        elif not self.connector.receiving:
+            reasons.append(
+                f"no frame from the gateway for {self.config.events.heartbeat_timeout:g} s"
+            )
+        if self.hub is not None and self.hub.event_log is not None and self.hub.log_state.degraded:
+            reasons.append(f"the event log is degraded: {self.hub.log_state.last_error}")
+        if reasons:
+            return 503, {"status": "not_ready", "reason": "; ".join(reasons)}
+        return 200, {"status": "ready"}
 
     def _health(self) -> tuple[int, dict[str, Any]]:
         if self.state != "serving" or self.hub is None:
@@ -315,41 +333,45 @@ class Daemon:
         }
 
 
-def config_secrets(config: Config) -> list[str]:
-    """Every secret value of ``config`` (the token, sink secrets): what logs must never show.
+@asynccontextmanager
+async def open_daemon(
+    config: Config,
+    *,
+    connect: bool = True,
+    config_path: str | None = None,
+    notifier: SystemdNotifier | None = None,
+) -> AsyncIterator[Daemon]:
+    """Start a daemon, serving when the body starts; stop it under the deadline on exit.
 
-    Found as the values :meth:`Config.to_dict` masks, so it stays in step
-    with what ``check-config`` hides.
+    Raises :class:`StartupError` (one line saying what to fix) when it cannot
+    start. Leaving the block, however it is left, asks for a graceful stop
+    and waits for it (``shutdown_grace`` seconds at most, plus the log's close).
     """
-    found: list[str] = []
-    _collect_masked(config.to_dict(mask_secrets=False), config.to_dict(mask_secrets=True), found)
-    return found
+    daemon = Daemon(config, connect=connect, config_path=config_path, notifier=notifier)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        try:
+            yield daemon
+        finally:
+            daemon.request_stop()
 
 
-def _collect_masked(plain: Any, masked: Any, found: list[str]) -> None:
-    if isinstance(plain, dict) and isinstance(masked, dict):
-        for key, value in plain.items():
-            _collect_masked(value, masked.get(key), found)
-    elif isinstance(plain, list) and isinstance(masked, list):
-        for value, hidden in zip(plain, masked, strict=False):
-            _collect_masked(value, hidden, found)
-    elif isinstance(plain, str) and masked != plain:
-        found.append(plain)
+async def serve_until_signalled(
+    config: Config,
+    *,
+    config_path: str | None = None,
+    task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a daemon until SIGINT or SIGTERM (a graceful stop); SIGHUP reloads sinks.
 
-
-async def run_until_signalled(daemon: Daemon) -> None:
-    """Run ``daemon``; SIGINT/SIGTERM stop it gracefully, SIGHUP reloads sinks."""
+    Reports the serving :class:`Daemon` through ``task_status``.
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-
-        async def watch() -> None:
+        async with open_daemon(config, config_path=config_path) as daemon:
+            task_status.started(daemon)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     await daemon.on_sighup()
-                else:
-                    log.info("received %s; stopping", signal.Signals(signum).name)
-                    daemon.request_stop()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch)
-            await daemon.run()
-            nursery.cancel_scope.cancel()
+                    continue
+                log.info("received %s; stopping", signal.Signals(signum).name)
+                break

@@ -7,6 +7,7 @@ published; every HTTP response, SSE frame, sink and log row reuses those bytes.
 from __future__ import annotations
 
 import enum
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,13 +16,15 @@ from typing import Any
 import orjson
 
 __all__ = [
-    "ACCOUNT_SUMMARY_FAMILY",
-    "BARS_FAMILY",
-    "BOOK_FAMILY",
+    "ACCOUNT_SUMMARY",
+    "BARS",
+    "BOOK",
+    "CONID_FAMILIES",
     "GAP_TOPIC",
-    "LEDGER_FAMILY",
-    "MARKETDATA_FAMILY",
+    "LEDGER",
+    "MARKETDATA",
     "SYSTEM_TOPIC",
+    "TOPIC_RE",
     "Event",
     "GapReason",
     "account_summary_topic",
@@ -30,72 +33,89 @@ __all__ = [
     "conid_of",
     "encode_payload",
     "format_ts",
+    "keyed_topic",
     "ledger_topic",
     "marketdata_topic",
     "parse_ts",
     "topic_family",
 ]
 
+# ------------------------------------------------------------------ topics
+#
+# A topic name is a family, optionally followed by ``:`` and a key:
+# ``orders``, ``gap``, ``marketdata:265598``, ``account_summary:DU1234``.
+# Every module builds and parses topic names with these functions only.
+
+#: The topic every gap event also goes to.
 GAP_TOPIC = "gap"
-#: Topicless gateway frames and non-heartbeat ``system`` frames are captured here.
+#: Topicless gateway frames and non-heartbeat ``system`` frames.
 SYSTEM_TOPIC = "system"
-MARKETDATA_FAMILY = "marketdata"
-BARS_FAMILY = "bars"
-BOOK_FAMILY = "book"
-ACCOUNT_SUMMARY_FAMILY = "account_summary"
-LEDGER_FAMILY = "ledger"
-# The key after ``:`` in a topic name (docs/architecture.md, topics): what an
-# account id must look like to become part of one.
-_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+#: Market data for one conid is captured under ``marketdata:<conid>``.
+MARKETDATA = "marketdata"
+#: Streaming bars (``smh``) and the BookTrader ladder (``sbd``) of one conid.
+BARS = "bars"
+BOOK = "book"
+#: Account summary (``ssd``) and ledger (``sld``); ``:<acct>`` with several accounts.
+ACCOUNT_SUMMARY = "account_summary"
+LEDGER = "ledger"
+#: Families whose key is a conid that readers ask for (subscribed lazily).
+CONID_FAMILIES = (MARKETDATA,)
+#: Well-formed topic names: a lowercase family, optionally ``:`` and a key.
+#: ``\Z``, not ``$``: ``$`` also matches before a trailing newline ("orders\n").
+TOPIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}(:[A-Za-z0-9_.\-]{1,64})?\Z")
+#: Conids are positive and fit in a signed 64-bit integer.
+_MAX_CONID = 2**63
 
 
-# --------------------------------------------------------------- topic grammar
+def keyed_topic(family: str, key: object) -> str:
+    """The topic of ``family`` for one key: ``keyed_topic("bars", 265598) == "bars:265598"``."""
+    return f"{family}:{key}"
 
 
 def marketdata_topic(conid: int) -> str:
-    """``marketdata:<conid>``: where ``smd+<conid>`` frames are captured."""
-    return f"{MARKETDATA_FAMILY}:{conid}"
+    """The topic market data for ``conid`` is captured under."""
+    return f"marketdata:{conid}"
 
 
 def bars_topic(conid: int) -> str:
-    """``bars:<conid>``: where ``smh+<conid>`` (streaming bars) frames are captured."""
-    return f"{BARS_FAMILY}:{conid}"
+    """The topic streaming bars (``smh``) for ``conid`` are captured under."""
+    return keyed_topic(BARS, conid)
 
 
 def book_topic(conid: int) -> str:
-    """``book:<conid>``: where ``sbd`` (BookTrader price ladder) frames are captured."""
-    return f"{BOOK_FAMILY}:{conid}"
+    """The topic the BookTrader price ladder (``sbd``) for ``conid`` is captured under."""
+    return keyed_topic(BOOK, conid)
 
 
 def _account_topic(family: str, account: str | None) -> str:
-    if account and len(account) <= 64 and _KEY_CHARS.issuperset(account):
-        return f"{family}:{account}"
+    # An account id that cannot be a topic key (TOPIC_RE) leaves the family alone.
+    if account and TOPIC_RE.match(keyed_topic(family, account)):
+        return keyed_topic(family, account)
     return family
 
 
 def account_summary_topic(account: str | None = None) -> str:
     """``account_summary``, or ``account_summary:<account>`` when several accounts are captured."""
-    return _account_topic(ACCOUNT_SUMMARY_FAMILY, account)
+    return _account_topic(ACCOUNT_SUMMARY, account)
 
 
 def ledger_topic(account: str | None = None) -> str:
     """``ledger``, or ``ledger:<account>`` when several accounts are captured."""
-    return _account_topic(LEDGER_FAMILY, account)
+    return _account_topic(LEDGER, account)
 
 
 def topic_family(topic: str) -> str:
-    """The part before ``:`` (``marketdata`` for ``marketdata:265598``)."""
+    """The family of a topic: ``"marketdata"`` for ``"marketdata:265598"``, else the topic."""
     return topic.partition(":")[0]
 
 
-def conid_of(topic: str) -> int | None:
-    """The conid of a per-instrument topic (``marketdata:``, ``bars:``, ``book:``), else None."""
-    family, _, key = topic.partition(":")
-    if family not in (MARKETDATA_FAMILY, BARS_FAMILY, BOOK_FAMILY):
+def conid_of(topic: str, family: str = MARKETDATA) -> int | None:
+    """The conid of a ``<family>:<conid>`` topic (market data by default), else None."""
+    head, sep, key = topic.partition(":")
+    if not sep or head != family or not (key.isascii() and key.isdigit()):
         return None
-    if key.isascii() and key.isdigit() and 0 < int(key) < 2**63:
-        return int(key)
-    return None
+    conid = int(key)
+    return conid if 0 < conid < _MAX_CONID else None
 
 
 class GapReason(enum.StrEnum):

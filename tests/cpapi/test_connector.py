@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -11,12 +12,14 @@ import trio
 
 from bezant_trio.config import config_from_mapping
 from bezant_trio.cpapi import connector as connector_module
-from bezant_trio.cpapi.connector import Connector, ConnectorSettings, backoff_delay
-from bezant_trio.cpapi.session import GatewayUnavailable
+from bezant_trio.cpapi.connector import Connector
+from bezant_trio.cpapi.session import GatewayUnreachable
 from bezant_trio.cpapi.transport import CLIENTS
-from bezant_trio.http.app import HttpContext
+from bezant_trio.http.context import HttpContext
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.store.hub import Hub
+from bezant_trio.util import backoff_delay
+from bezant_trio.wants import Wants
 from helpers import capacity_of, seq_of, wait_until
 
 
@@ -28,17 +31,43 @@ async def sim(nursery: trio.Nursery) -> AsyncIterator[GatewaySimulator]:
     simulator.stop()
 
 
-def _settings(sim: GatewaySimulator, **overrides: object) -> ConnectorSettings:
-    base: dict[str, object] = {
-        "url": sim.base_url,
+#: Connector knobs the tests turn, and where they live in the config.
+_KEYS = {
+    "heartbeat_timeout": ("events", "heartbeat_timeout"),
+    "ready_timeout": ("events", "ready_timeout"),
+    "backoff_min": ("events", "backoff", "min"),
+    "backoff_max": ("events", "backoff", "max"),
+    "idle_unsubscribe": ("events", "marketdata", "idle_unsubscribe"),
+    "resubscribe_interval": ("events", "marketdata", "resubscribe_interval"),
+    "tickle_interval": ("gateway", "tickle_interval"),
+    "websocket_client": ("gateway", "websocket_client"),
+    "verify_tls": ("gateway", "verify_tls"),
+    "resync": ("events", "resync"),
+}
+
+
+def _connector(hub: Hub, url: str, **overrides: object) -> Connector:
+    """A connector to ``url`` with fast test timings, ``overrides`` by knob name."""
+    knobs: dict[str, object] = {
         "heartbeat_timeout": 5,
         "ready_timeout": 2,
         "backoff_min": 0.01,
         "backoff_max": 0.05,
         "tickle_interval": 60,
+        # These tests count events exactly; tests/cpapi/test_resync.py covers resyncs.
+        "resync": False,
+        **overrides,
     }
-    base.update(overrides)
-    return ConnectorSettings(**base)  # type: ignore[arg-type]
+    data: dict[str, Any] = {"gateway": {"url": url}}
+    for knob, value in knobs.items():
+        *sections, key = _KEYS[knob]
+        node = data
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[key] = value
+    config = config_from_mapping(data)
+    wants = Wants(config.events.marketdata.max_conids)
+    return Connector(hub, gateway=config.gateway, events=config.events, wants=wants, seed=1)
 
 
 async def _start(
@@ -47,7 +76,7 @@ async def _start(
     if hub is None:
         hub = Hub(capacity_of(default=100_000))
         await hub.open()
-    conn = Connector(hub, _settings(sim, **kw), seed=1)
+    conn = _connector(hub, sim.base_url, **kw)
     await nursery.start(conn.run)
     await sim.wait_subscribed("orders", timeout=10)
     await sim.wait_subscribed("pnl", timeout=10)
@@ -59,7 +88,7 @@ async def test_events_are_captured_under_their_topics(nursery, sim, client) -> N
     with trio.fail_after(15):
         conn = await _start(nursery, sim, websocket_client=client)
         hub = conn.hub
-        hub.want_conid(265598)
+        conn.wants.want(265598)
         await sim.wait_subscribed("marketdata:265598", timeout=10)
         await sim.emit_orders(3)
         await sim.emit_pnl(2)
@@ -84,7 +113,7 @@ async def test_no_loss_with_a_poller_reading_random_pages(nursery, sim, serve, c
     with trio.fail_after(60):
         conn = await _start(nursery, sim, websocket_client=client)
         hub = conn.hub
-        hub.want_conid(8314)
+        conn.wants.want(8314)
         await sim.wait_subscribed("marketdata:8314", timeout=10)
         base = await serve(HttpContext(hub=hub))
         totals = {"orders": 4000, "pnl": 2000, "marketdata:8314": 4000}
@@ -129,7 +158,7 @@ async def test_drops_and_stalls_bump_epoch_inject_gaps_and_restore_subscriptions
     with trio.fail_after(120):
         conn = await _start(nursery, sim, heartbeat_timeout=1.0)
         hub = conn.hub
-        hub.want_conid(265598)
+        conn.wants.want(265598)
         await sim.wait_subscribed("marketdata:265598", timeout=10)
         outages = sent = 0
         md = "marketdata:265598"
@@ -191,7 +220,7 @@ async def test_subscribes_sent_before_ready_are_resent_when_it_arrives(nursery) 
     with trio.fail_after(20):
         hub = Hub(capacity_of())
         await hub.open()
-        conn = Connector(hub, _settings(simulator, ready_timeout=0.05), seed=1)
+        conn = _connector(hub, simulator.base_url, ready_timeout=0.05)
         await nursery.start(conn.run)
         await simulator.wait_subscribed("orders", timeout=10)
         await simulator.emit_orders(2)
@@ -222,7 +251,8 @@ async def test_auth_lost_frame_reconnects(nursery, sim, client) -> None:
         await sim.send_auth_status(authenticated=False)
         await wait_until(lambda: conn.reconnect_count == 1 and conn.connected)
     assert conn.hub.reset_epoch == 2
-    assert "authenticated=false" in (conn.last_error or "")
+    assert "authenticated=false" in conn.status()["last_disconnect"]["reason"]
+    assert conn.last_error is None  # cleared by the healthy connection that followed
 
 
 async def test_tickle_401_is_a_failed_attempt_with_a_clear_error(nursery, sim) -> None:
@@ -230,7 +260,7 @@ async def test_tickle_401_is_a_failed_attempt_with_a_clear_error(nursery, sim) -
     with trio.fail_after(15):
         hub = Hub(capacity_of())
         await hub.open()
-        conn = Connector(hub, _settings(sim), seed=1)
+        conn = _connector(hub, sim.base_url)
         await nursery.start(conn.run)
         await wait_until(lambda: sim.tickle_count >= 3)
         assert not conn.connected and "401" in (conn.last_error or "")
@@ -243,12 +273,12 @@ async def test_tickle_401_is_a_failed_attempt_with_a_clear_error(nursery, sim) -
 async def test_idle_conids_are_unsubscribed_and_resubscribed_periodically(nursery, sim) -> None:
     with trio.fail_after(20):
         conn = await _start(nursery, sim, idle_unsubscribe=0.4, resubscribe_interval=0.1)
-        conn.hub.want_conid(265598)
+        conn.wants.want(265598)
         await sim.wait_subscribed("marketdata:265598", timeout=10)
         await wait_until(lambda: sum(c["text"].startswith("smd+265598") for c in sim.commands) >= 3)
         await wait_until(lambda: not sim.subscribers("marketdata:265598"))
     assert any(c["text"].startswith("umd+265598") for c in sim.commands)
-    assert conn.hub.wanted_conids() == []
+    assert conn.wants.wanted() == []
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -260,13 +290,11 @@ async def test_tls_self_signed_works_without_verification_and_fails_clearly_with
     with trio.fail_after(20):
         hub = Hub(capacity_of())
         await hub.open()
-        ok = Connector(hub, _settings(simulator, websocket_client=client, verify_tls=False), seed=1)
+        ok = _connector(hub, simulator.base_url, websocket_client=client, verify_tls=False)
         await nursery.start(ok.run)
         await simulator.wait_subscribed("orders", timeout=10)
-        strict = Connector(
-            Hub(capacity_of()),
-            _settings(simulator, websocket_client=client, verify_tls=True),
-            seed=1,
+        strict = _connector(
+            Hub(capacity_of()), simulator.base_url, websocket_client=client, verify_tls=True
         )
         await nursery.start(strict.run)
         await wait_until(lambda: strict.last_error is not None)
@@ -297,19 +325,17 @@ async def test_backoff_grows_while_failing_and_resets_after_a_healthy_connection
         if step == "healthy":
             await trio.sleep(120)  # up longer than backoff.max
             return True
-        raise GatewayUnavailable("down")
+        raise GatewayUnreachable("down")
 
     monkeypatch.setattr(connector_module.Connector, "_connect_once", fake_connect)
     hub = Hub(capacity_of())
     await hub.open()
-    conn = Connector(
-        hub, ConnectorSettings(url="http://127.0.0.1:9", backoff_min=1, backoff_max=60), seed=5
-    )
+    conn = _connector(hub, "http://127.0.0.1:9", backoff_min=1, backoff_max=60)
     conn_delays: list[float] = []
     original = trio.sleep
 
     async def recording_sleep(seconds: float) -> None:
-        if conn.state == "backing_off":
+        if conn.next_retry_in is not None:
             conn_delays.append(seconds)
         await original(seconds)
 
@@ -324,6 +350,8 @@ async def test_backoff_grows_while_failing_and_resets_after_a_healthy_connection
 
 
 def test_the_websocket_client_comes_from_the_config() -> None:
-    chosen = config_from_mapping({"gateway": {"websocket_client": "Trio-WebSocket"}})
-    assert ConnectorSettings.from_config(chosen).websocket_client == "trio-websocket"
-    assert ConnectorSettings.from_config(config_from_mapping({})).websocket_client == "wsproto"
+    chosen = _connector(Hub(capacity_of()), "http://127.0.0.1:9", websocket_client="Trio-WebSocket")
+    assert chosen.gateway.websocket_client == "trio-websocket"
+    assert (
+        _connector(Hub(capacity_of()), "http://127.0.0.1:9").gateway.websocket_client == "wsproto"
+    )

@@ -10,9 +10,10 @@ import httpx
 import pytest
 import trio
 
-from bezant_trio.http.app import HttpContext
+from bezant_trio.http.context import HttpContext
 from bezant_trio.model import GapReason
 from bezant_trio.store.hub import Hub
+from bezant_trio.wants import Wants
 from helpers import wait_until
 
 
@@ -177,20 +178,58 @@ async def test_long_poll_times_out_with_204(serve, client, hub: Hub) -> None:
     assert r.status_code == 204 and r.headers["x-bezant-cursor"] == "1"
 
 
-async def test_expired_cursor_is_412(serve, client) -> None:
+async def test_expired_cursor_is_412_with_the_oldest_cursor_still_kept(serve, client) -> None:
+    """Memory only, a ring of 3, five orders: cursors 3-5 are kept, 1-2 are gone."""
     from helpers import capacity_of
 
-    hub = Hub(capacity_of(default=2))
+    hub = Hub(capacity_of(default=3))
     await hub.open()
     for i in range(5):
         hub.publish("orders", {"i": i})
     with trio.fail_after(10):
         base = await _url(serve, hub)
-        r = await client.get(f"{base}/events/orders?since=1")
-    assert r.status_code == 412
+        expired = await client.get(f"{base}/events/orders?since=0")
+        # The boundary: since = oldest - 1 gets everything kept, oldest - 2 is too old.
+        edge = await client.get(f"{base}/events/orders?since=2")
+        past_edge = await client.get(f"{base}/events/orders?since=1")
+    assert expired.status_code == 412
+    body = expired.json()
+    assert body["code"] == "cursor_expired"
+    assert body["head_cursor"] == 3 and body["newest_cursor"] == 5
+    assert body["reset_epoch"] == 1
+    assert "resume with since=2" in body["message"]
+    # Following the advice (since = head_cursor - 1) loses only what is gone.
+    assert edge.status_code == 200
+    assert [e["cursor"] for e in edge.json()["events"]] == [3, 4, 5]
+    assert past_edge.status_code == 412 and past_edge.json()["head_cursor"] == 3
+
+
+async def test_a_cursor_ahead_of_the_newest_is_412_saying_the_daemon_restarted(
+    serve, client
+) -> None:
+    hub = Hub(lambda topic: 100)
+    await hub.open()
+    for i in range(2):
+        hub.publish("orders", {"i": i})
+    with trio.fail_after(10):
+        base = await _url(serve, hub)
+        r = await client.get(f"{base}/events/orders?since=40")
     body = r.json()
-    assert body["code"] == "cursor_expired" and body["head_cursor"] == 5
-    assert body["reset_epoch"] == 1 and body["message"]
+    assert r.status_code == 412 and body["code"] == "cursor_expired"
+    assert body["head_cursor"] == 1 and body["newest_cursor"] == 2
+    assert "ahead of the newest event" in body["message"]
+    assert "restarted without a log" in body["message"]
+
+
+async def test_limit_zero_counts_as_one(serve, client) -> None:
+    hub = Hub(lambda topic: 100)
+    await hub.open()
+    for i in range(3):
+        hub.publish("orders", {"i": i})
+    with trio.fail_after(10):
+        base = await _url(serve, hub)
+        r = await client.get(f"{base}/events/orders?since=0&limit=0")
+    assert r.status_code == 200 and [e["cursor"] for e in r.json()["events"]] == [1]
 
 
 # ---- validation and auth -----------------------------------------------------
@@ -199,7 +238,6 @@ BAD_QUERIES = [
     ("/events/orders?since=-1", "invalid_query", "since"),
     ("/events/orders?since=abc", "invalid_query", "since"),
     ("/events/orders?since=1.5", "invalid_query", "since"),
-    ("/events/orders?limit=0", "invalid_query", "limit"),
     ("/events/orders?limit=-3", "invalid_query", "limit"),
     ("/events/orders?limit=x", "invalid_query", "limit"),
     ("/events/orders?wait=31", "invalid_query", "wait"),
@@ -244,15 +282,16 @@ async def test_unknown_path_is_404_envelope(serve, client, hub) -> None:
 async def test_too_many_conids_is_429(serve, client) -> None:
     from helpers import capacity_of
 
-    hub = Hub(capacity_of(), max_conids=2)
+    hub = Hub(capacity_of())
     await hub.open()
+    wants = Wants(2)
     with trio.fail_after(10):
-        base = await _url(serve, hub)
+        base = await _url(serve, hub, wants=wants)
         assert (await client.get(f"{base}/events/marketdata?conid=1")).status_code == 200
         assert (await client.get(f"{base}/events/marketdata:2")).status_code == 200
         r = await client.get(f"{base}/events/marketdata?conid=3")
     assert r.status_code == 429 and r.json()["code"] == "too_many_conids"
-    assert hub.wanted_conids() == [1, 2]
+    assert wants.wanted() == [1, 2]
 
 
 @pytest.mark.parametrize(

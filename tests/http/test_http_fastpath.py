@@ -20,15 +20,17 @@ import trio.testing
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
+from test_http import BAD_QUERIES
 
 from bezant_trio.config import config_from_mapping
 from bezant_trio.daemon import Daemon
-from bezant_trio.http.app import HttpContext, create_app
+from bezant_trio.http.app import create_app
+from bezant_trio.http.context import HttpContext
 from bezant_trio.http.fastpath import FastPolls
 from bezant_trio.model import GapReason
 from bezant_trio.store.hub import Hub
+from bezant_trio.wants import Wants
 from helpers import capacity_of, wait_until
-from test_http import BAD_QUERIES
 
 TOKEN = "s3cret"
 _DATE = re.compile(rb"(?im)^date: [^\r\n]*\r\n")
@@ -45,8 +47,11 @@ async def _fill(hub: Hub) -> None:
     for i in range(6):
         hub.publish("ntf", {"i": i})
     await hub.bump_epoch(GapReason.RECONNECTED_AFTER_DISCONNECT)
+
+
+def _want(wants: Wants) -> None:
     for conid in (265598, 2, 3):  # max_conids=3: any other conid is one too many
-        hub.want_conid(conid)
+        wants.want(conid)
 
 
 async def _daemon(
@@ -62,8 +67,9 @@ async def _daemon(
     )
     daemon: Daemon = await nursery.start(Daemon(config, connect=False).run)
     hub = daemon.hub
-    assert hub is not None and daemon.fast_polls.enabled  # on by default
+    assert hub is not None and daemon.http is not None and daemon.http.fast_polls.enabled
     await _fill(hub)
+    _want(daemon.wants)
     await wait_until(lambda: hub.head("gap") == 1)  # with the log: once committed
     return daemon
 
@@ -117,8 +123,8 @@ async def _on_and_off(daemon: Daemon, request: bytes) -> tuple[bytes, bool]:
 
     Returns the answer and whether the fast path gave it.
     """
-    assert daemon.metrics is not None and daemon.http_url is not None
-    polls, counts = daemon.fast_polls, daemon.metrics.http_requests
+    assert daemon.http is not None and daemon.http_url is not None
+    polls, counts = daemon.http.fast_polls, daemon.http.metrics.http_requests
     answers: list[bytes] = []
     counted: list[dict[Any, int]] = []
     answered = polls.answered
@@ -229,7 +235,7 @@ TOKEN_TABLE: list[tuple[bytes, bool]] = [
     (_get("/events/orders?since=1", b"Authorization: Bearer s3cr\xe9t"), True),
     (_get("/events/orders?since=1", b"Authorization: Bearer"), True),
     (_get("/events/orders?since=1", b"Authorization: Bearer wrong", _RIGHT), True),
-    (_get("/events/orders?limit=0", b"Authorization: Bearer wrong"), True),  # 401 before 400
+    (_get("/events/orders?limit=x", b"Authorization: Bearer wrong"), True),  # 401 before 400
     (_get("/events/marketdata"), True),  # 401 before the missing conid
     (_get("/events/marketdata?conid=77"), True),  # 401 before 429
     (_get("/events/ntf?since=1"), True),  # 401 before 412
@@ -241,7 +247,7 @@ TOKEN_TABLE: list[tuple[bytes, bool]] = [
     (_get("/events/_status"), False),
     (_get("/nope"), False),
     # what Quart answers after the right token
-    (_get("/events/orders?limit=0", _RIGHT), False),
+    (_get("/events/orders?limit=x", _RIGHT), False),
     (_get("/events/ntf?since=1", _RIGHT), False),
     (_get("/events/marketdata?conid=77", _RIGHT), False),
     (_get("/health"), False),
@@ -291,7 +297,7 @@ async def test_a_valid_poll_takes_the_fast_path_and_a_bad_one_goes_to_quart(
 ) -> None:
     with trio.fail_after(30):
         daemon = await _daemon(nursery)
-        polls = daemon.fast_polls
+        polls = daemon.http.fast_polls
         async with httpx.AsyncClient(timeout=20) as client:
             good = await client.get(f"{daemon.http_url}/events/orders?since=4")
             assert (polls.answered, polls.passed_on) == (1, 0)
@@ -323,7 +329,7 @@ async def _park_both(
 ) -> list[bytes]:
     """``request`` parked in the hub once through each path; ``wake`` ends both."""
     assert daemon.hub is not None and daemon.http_url is not None
-    hub, polls, url = daemon.hub, daemon.fast_polls, daemon.http_url
+    hub, polls, url = daemon.hub, daemon.http.fast_polls, daemon.http_url
     answers: dict[bool, bytes] = {}
 
     async def send(enabled: bool) -> None:
@@ -348,7 +354,7 @@ async def test_long_polls_woken_by_a_publish_get_the_same_answer(nursery: trio.N
     with trio.fail_after(60):
         daemon = await _daemon(nursery)
         hub = daemon.hub
-        assert hub is not None and daemon.metrics is not None
+        assert hub is not None and daemon.http.metrics is not None
         cases = [
             ("orders", "/events/orders?since={head}&wait=10"),
             ("orders", "/events/orders?since={head}&wait=10&limit=1"),
@@ -362,14 +368,14 @@ async def test_long_polls_woken_by_a_publish_get_the_same_answer(nursery: trio.N
             async def publish(topic: str = topic) -> None:
                 hub.publish(topic, {"woken": topic})
 
-            before = dict(daemon.metrics.http_requests)
+            before = dict(daemon.http.metrics.http_requests)
             fast, _quart = await _park_both(
                 daemon, _get(target.format(head=hub.head(topic))), publish
             )
             assert fast.startswith(b"HTTP/1.1 200 "), fast
             assert b'"payload":{"woken":"' in fast
             route = "/events/marketdata" if "?conid" in target else "/events/<topic>"
-            assert _delta(before, daemon.metrics.http_requests) == {(route, "GET", "200"): 2}
+            assert _delta(before, daemon.http.metrics.http_requests) == {(route, "GET", "200"): 2}
         daemon.request_stop()
 
 
@@ -406,19 +412,19 @@ async def test_a_client_gone_from_a_long_poll_is_forgotten_on_both_paths(
 ) -> None:
     with trio.fail_after(30):
         daemon = await _daemon(nursery)
-        hub, polls, url = daemon.hub, daemon.fast_polls, daemon.http_url
-        assert hub is not None and daemon.metrics is not None and url is not None
+        hub, polls, url = daemon.hub, daemon.http.fast_polls, daemon.http_url
+        assert hub is not None and daemon.http.metrics is not None and url is not None
         host, port = url.removeprefix("http://").rsplit(":", 1)
         for enabled in (True, False):
             polls.enabled = enabled
-            before = dict(daemon.metrics.http_requests)
+            before = dict(daemon.http.metrics.http_requests)
             stream = await trio.open_tcp_stream(host, int(port))
             await stream.send_all(_get("/events/orders?since=6&wait=30"))
             await wait_until(lambda: hub.waiting == 1)
             await stream.aclose()
             await wait_until(lambda: hub.waiting == 0)
             # nothing was answered, so nothing was counted
-            assert _delta(before, daemon.metrics.http_requests) == {}
+            assert _delta(before, daemon.http.metrics.http_requests) == {}
         polls.enabled = True
         assert polls.answered == 0
         async with httpx.AsyncClient() as client:
@@ -518,14 +524,16 @@ async def _asgi(app: Any, path: str, query: bytes, headers: list[tuple[bytes, by
 
 
 async def _compare_asgi(path: str, query: bytes, auth: bytes | None, token: str | None) -> None:
-    hub = Hub(capacity_of(ntf=2), max_conids=3)
+    hub = Hub(capacity_of(ntf=2))
     await hub.open()
     await _fill(hub)
+    wants = Wants(3)
+    _want(wants)
     headers = [] if auth is None else [(b"authorization", auth)]
     answers = []
     fast_polls = [FastPolls(enabled=True), FastPolls(enabled=False)]
     for polls in fast_polls:
-        app = create_app(HttpContext(hub=hub, token=token, fast_polls=polls))
+        app = create_app(HttpContext(hub=hub, wants=wants, token=token), fast_polls=polls)
         with trio.fail_after(100):  # virtual time: `wait` is at most 30
             answers.append(await _asgi(app, path, query, headers))
     assert answers[0] == answers[1]

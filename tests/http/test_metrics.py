@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bezant_trio.config import config_from_mapping
 from bezant_trio.daemon import Daemon
-from bezant_trio.http.app import HttpContext
+from bezant_trio.http.context import HttpContext
 from bezant_trio.http.metrics import DaemonMetrics
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.store.hub import Hub
@@ -44,9 +44,7 @@ async def test_metrics_parse_and_counters_move(serve, client: httpx.AsyncClient)
     await hub.open()
     metrics = DaemonMetrics(hub, capacity_for=capacity_of(orders=10))
     with trio.fail_after(10):
-        base = await serve(
-            HttpContext(hub=hub, metrics=metrics.render, extensions=[metrics.install])
-        )
+        base = await serve(HttpContext(hub=hub), metrics=metrics)
         for i in range(3):
             hub.publish("orders", {"i": i})
         assert (await client.get(f"{base}/events/orders?since=0")).status_code == 200
@@ -85,11 +83,7 @@ async def test_metrics_need_the_token_and_count_the_401(serve, client: httpx.Asy
     await hub.open()
     metrics = DaemonMetrics(hub, process=False)
     with trio.fail_after(10):
-        base = await serve(
-            HttpContext(
-                hub=hub, token="t0ken-xyz", metrics=metrics.render, extensions=[metrics.install]
-            )
-        )
+        base = await serve(HttpContext(hub=hub, token="t0ken-xyz"), metrics=metrics)
         assert (await client.get(f"{base}/metrics")).status_code == 401
         parsed = await _scrape(client, base, headers={"authorization": "Bearer t0ken-xyz"})
     assert (

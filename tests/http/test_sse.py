@@ -15,10 +15,12 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from bezant_trio.http.app import HttpContext, create_app
+from bezant_trio.http.app import create_app
+from bezant_trio.http.context import HttpContext
 from bezant_trio.http.server import InFlight, serve_http
 from bezant_trio.http.sse import SseSettings, SseStreams
 from bezant_trio.store.hub import Hub
+from bezant_trio.wants import Wants
 from helpers import capacity_of, wait_until
 
 
@@ -48,8 +50,10 @@ async def sse_messages(response: httpx.Response) -> AsyncIterator[Message]:
                 message[field] = value
 
 
-async def _serve_hub(serve: Any, hub: Hub | None, **kw: Any) -> str:
-    return await serve(HttpContext(hub=hub, **kw))
+async def _serve_hub(
+    serve: Any, hub: Hub | None, *, streams: SseStreams | None = None, **kw: Any
+) -> str:
+    return await serve(HttpContext(hub=hub, **kw), streams=streams)
 
 
 async def test_stream_sends_id_event_and_the_events_json(serve, hub: Hub) -> None:
@@ -150,7 +154,7 @@ async def test_resume_with_last_event_id_loses_nothing_across_20_reconnects(
     assert received == list(range(1, total + 1))
 
 
-async def test_expired_cursor_gets_a_gap_message_and_resumes_at_the_head(serve) -> None:
+async def test_expired_cursor_gets_a_gap_message_and_resumes_at_the_oldest_kept(serve) -> None:
     hub = Hub(capacity_of(default=3))
     await hub.open()
     for i in range(10):
@@ -163,20 +167,19 @@ async def test_expired_cursor_gets_a_gap_message_and_resumes_at_the_head(serve) 
             client.stream("GET", f"{base}/events/orders/stream?since=2") as response,
         ):
             async for message in sse_messages(response):
-                if "id" not in message:
-                    continue
-                got.append(message)
-                if len(got) == 1:
-                    hub.publish("orders", {"i": 10})
-                else:
+                if "id" in message:
+                    got.append(message)
+                if len(got) == 4:
                     break
-    gap, after = got
-    assert gap["event"] == "gap" and gap["id"] == "10"
+    gap, *kept = got
+    # The ring keeps 8-10: only 3-7 are gone, and the stream goes on from 8.
+    assert gap["event"] == "gap" and gap["id"] == "7"
     body = orjson.loads(gap["data"])
     assert body["cursor"] is None and body["topic"] == "orders"
     assert body["payload"]["reason"] == "cursor_expired"
-    assert body["payload"]["skipped_from"] == 2 and body["payload"]["resumed_at"] == 10
-    assert after["id"] == "11" and orjson.loads(after["data"])["payload"] == {"i": 10}
+    assert body["payload"]["skipped_from"] == 2 and body["payload"]["resumed_at"] == 7
+    assert [m["id"] for m in kept] == ["8", "9", "10"]
+    assert orjson.loads(kept[0]["data"])["payload"] == {"i": 7}
 
 
 async def test_a_cursor_from_before_a_memory_only_restart_resumes_from_zero(serve) -> None:
@@ -237,14 +240,15 @@ async def test_stream_needs_the_token_and_reports_disabled_capture(serve, hub: H
 
 
 async def test_marketdata_stream_wants_its_conid(serve, hub: Hub) -> None:
+    wants = Wants(100)
     with trio.fail_after(10):
-        base = await _serve_hub(serve, hub)
+        base = await _serve_hub(serve, hub, wants=wants)
         async with (
             httpx.AsyncClient(timeout=10) as client,
             client.stream("GET", f"{base}/events/marketdata:265598/stream") as response,
         ):
             assert response.status_code == 200
-            assert hub.wanted_conids() == [265598]
+            assert wants.wanted() == [265598]
 
 
 async def test_streams_end_promptly_when_the_hub_closes(serve, hub: Hub) -> None:
@@ -268,7 +272,7 @@ async def test_a_chunk_accepted_too_slowly_ends_the_stream_with_a_final_comment(
     streams = SseStreams(SseSettings(slow_client_timeout=30.0))
     for i in range(3):
         hub.publish("orders", {"i": i})
-    frames = streams._frames(hub, "orders", 0, None)
+    frames = streams._frames(hub, Wants(1), "orders", 0, None)
     assert b"retry:" in await anext(frames)
     first = await anext(frames)  # the three events, as one chunk
     assert first.count(b"id: ") == 3
@@ -292,7 +296,7 @@ async def test_a_client_that_reads_nothing_is_dropped_after_the_stall_timeout(
     for _ in range(3000):  # ~24 MB: more than the socket buffers take
         hub.publish("orders", payload)
     streams = SseStreams()
-    app = InFlight(create_app(HttpContext(hub=hub, streams=streams)))
+    app = InFlight(create_app(HttpContext(hub=hub), streams=streams))
     stop = trio.Event()
     binds = await nursery.start(
         partial(serve_http, app, "127.0.0.1:0", shutdown_trigger=stop.wait, stall_timeout=0.5)
@@ -369,4 +373,4 @@ async def test_daemon_stop_ends_open_streams_at_once(nursery: trio.Nursery) -> N
         elapsed = trio.current_time() - started
     assert rest[-1]["comment"].startswith("shutting down")
     assert elapsed < 3.0  # not the heartbeat (15 s), nor the shutdown grace (10 s)
-    assert daemon.streams.clients == 0
+    assert daemon.http is not None and daemon.http.streams.clients == 0

@@ -6,12 +6,12 @@ A :class:`Rig` puts together, over real sockets:
   (orders, PnL, trades, market data for two conids), whose per-channel
   ``written`` ledger says which frames really reached a socket;
 - the daemon, either in this Trio run (:class:`InProcessDaemon`, for
-  inspection) or as a real process (:class:`ProcessDaemon`, for SIGTERM,
-  ``kill -9`` and output greps), always with the SQLite log on;
+  inspection) or as a real process (:class:`~bezant_trio.testing.DaemonProcess`,
+  for SIGTERM, ``kill -9`` and output greps), always with the SQLite log on;
 - one HTTP poller per topic (long-polls through Hypercorn, surviving
   restarts of the daemon);
 - sinks: the in-memory ``test`` sink (in-process only), a ``file`` sink and a
-  ``webhook`` sink posting to a :class:`~reliability.receiver.WebhookEndpoint`.
+  ``webhook`` sink posting to a :class:`~bezant_trio.testing.WebhookReceiver`.
 
 :meth:`Rig.verify` checks the promises of DESIGN.md at the end of a scenario:
 every frame the gateway wrote while the daemon was connected is captured
@@ -39,13 +39,11 @@ import orjson
 import trio
 
 from bezant_trio.config import config_from_mapping
-from bezant_trio.daemon import Daemon
+from bezant_trio.daemon import Daemon, open_daemon
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.simulator.connection import WsConnection
+from bezant_trio.testing import DaemonProcess, WebhookReceiver
 from helpers import seq_of
-from procs import DaemonProcess
-
-from .receiver import WebhookEndpoint
 
 CONIDS = (265598, 8314)
 CHANNELS = ("orders", "pnl", "trades", *(f"marketdata:{c}" for c in CONIDS))
@@ -81,68 +79,33 @@ class InProcessDaemon:
         self.config = config
         self.daemon: Daemon | None = None
         self.url: str | None = None
-        self._done: trio.Event | None = None
+        self._stop = trio.Event()
+        self._done = trio.Event()
 
     async def start(self) -> str:
-        daemon = self.daemon = Daemon(config_from_mapping(self.config, env={}))
-        done = self._done = trio.Event()
+        self._stop, self._done = trio.Event(), trio.Event()
+        stop, done = self._stop, self._done
 
-        async def run(*, task_status: trio.TaskStatus[Any]) -> None:
+        async def serve(*, task_status: trio.TaskStatus[Daemon]) -> None:
             try:
-                await daemon.run(task_status=task_status)
+                async with open_daemon(config_from_mapping(self.config, env={})) as daemon:
+                    task_status.started(daemon)
+                    await stop.wait()
             finally:
                 done.set()
 
-        await self.nursery.start(run)
-        self.url = daemon.http_url
+        self.daemon = await self.nursery.start(serve)
+        self.url = self.daemon.http_url
+        assert self.url is not None
         return self.url
 
     async def stop(self) -> None:
-        if self.daemon is not None and self._done is not None and not self._done.is_set():
-            self.daemon.request_stop()
-            with trio.move_on_after(30):
+        """A graceful stop (``open_daemon`` bounds it by the shutdown deadline)."""
+        self.url = None
+        if self.daemon is not None and not self._done.is_set():
+            self._stop.set()
+            with trio.fail_after(self.daemon.config.shutdown_grace + 10):
                 await self._done.wait()
-        self.url = None
-
-
-class ProcessDaemon:
-    """``python -m bezant_trio run`` as a child process (see ``tests/procs.py``)."""
-
-    def __init__(self, workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None):
-        self.proc = DaemonProcess(workdir, config, env=env)
-        self.url: str | None = None
-        #: Every run's combined stdout/stderr, for the secrets grep.
-        self.outputs: list[str] = []
-
-    async def start(self) -> str:
-        self.url = await self.proc.start(timeout=30)
-        return self.url
-
-    async def signal_stop(self, signum: int) -> int | None:
-        """SIGTERM (waits for the exit status) or SIGKILL (reaps at once)."""
-        self.url = None
-        if signum == signal.SIGKILL:
-            self.proc.kill()
-            code = self.proc.proc.returncode if self.proc.proc else None
-        else:
-            code = await self.proc.stop(signum, timeout=30)
-        self.outputs.append(self.proc.log_text())
-        return code
-
-    @property
-    def pid(self) -> int:
-        assert self.proc.proc is not None
-        return self.proc.proc.pid
-
-    async def stop(self) -> None:
-        if self.proc.proc is not None and self.proc.proc.poll() is None:
-            await self.signal_stop(signal.SIGTERM)
-        self.proc.kill()
-        self.url = None
-
-    def output(self) -> str:
-        current = self.proc.log_text()
-        return "\n".join([*self.outputs, current])
 
 
 # ---------------------------------------------------------------- pollers
@@ -263,8 +226,8 @@ class Rig:
         self.tmp_path = tmp_path
         self.sim = GatewaySimulator(**{"heartbeat_interval": 0.25, **(sim_options or {})})
         self.token = token
-        self.daemon: InProcessDaemon | ProcessDaemon | None = None
-        self.endpoint: WebhookEndpoint | None = None
+        self.daemon: InProcessDaemon | DaemonProcess | None = None
+        self.endpoint: WebhookReceiver | None = None
         self.pollers: dict[str, Poller] = {}
         self.client: httpx.AsyncClient | None = None
         self._poller_scope = trio.CancelScope()
@@ -301,7 +264,7 @@ class Rig:
 
     async def start_gateway(self) -> None:
         await self.nursery.start(self.sim.run)
-        self.endpoint = await self.nursery.start(WebhookEndpoint(secret=WEBHOOK_SECRET).run)
+        self.endpoint = await self.nursery.start(WebhookReceiver(WEBHOOK_SECRET).run)
         self.client = httpx.AsyncClient(
             timeout=30, limits=httpx.Limits(max_connections=200, max_keepalive_connections=200)
         )
@@ -357,6 +320,9 @@ class Rig:
                 "channels": ["orders", "pnl", "trades"],
                 "capacity": {"default": 2000},
                 "marketdata": {"idle_unsubscribe": 0},
+                # The ledgers count the gateway's frames exactly; a resync event
+                # (the simulator answers /iserver/account/orders) is not one.
+                "resync": False,
             },
             "store": {"path": str(store_path or self.store_path)},
             "shutdown_grace": 5,
@@ -374,8 +340,8 @@ class Rig:
 
     async def start_process(
         self, config: dict[str, Any], env: dict[str, str] | None = None
-    ) -> ProcessDaemon:
-        daemon = ProcessDaemon(self.tmp_path, config, env)
+    ) -> DaemonProcess:
+        daemon = DaemonProcess(self.tmp_path, config, env=env)
         self.daemon = daemon
         await daemon.start()
         return daemon
@@ -531,7 +497,11 @@ class Rig:
         self._stopped = True
         self._poller_scope.cancel()
         self.sim.stop_stream()
-        if self.daemon is not None:
+        if isinstance(self.daemon, DaemonProcess):
+            if self.daemon.running:
+                await self.daemon.stop(signal.SIGTERM, timeout=30)
+            self.daemon.kill()
+        elif self.daemon is not None:
             await self.daemon.stop()
         if self.client is not None:
             await self.client.aclose()
@@ -626,8 +596,10 @@ class Rig:
         endpoint = self.endpoint
         assert endpoint is not None
         if "hook" not in expect.disabled_sinks:
-            assert all(d.signature_ok for d in endpoint.deliveries), "bad webhook signature"
-            _check_at_least_once("webhook sink", endpoint.events(), wanted)
+            assert all(r.signature_ok for r in endpoint.requests), "bad webhook signature"
+            # Each webhook event is the wire event with its own "id" in front.
+            events = [{k: v for k, v in e.items() if k != "id"} for e in endpoint.events()]
+            _check_at_least_once("webhook sink", events, wanted)
         if "file" not in expect.disabled_sinks and self.file_sink_path.exists():
             lines = self.file_sink_path.read_bytes().splitlines()
             _check_at_least_once("file sink", [orjson.loads(line) for line in lines], wanted)
@@ -683,18 +655,6 @@ def _check_at_least_once(
         missing = [e["cursor"] for e in events if e["cursor"] not in firsts[topic]]
         assert not missing, f"{what}: {topic} never got cursors {missing[:10]} ({len(missing)})"
         assert got == events, f"{what}: {topic} differs from the log"
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def mount_tmpfs(path: Path, size: str) -> bool:

@@ -33,13 +33,13 @@ import trio
 import yaml
 
 from bezant_trio.model import format_ts
+from bezant_trio.testing import DaemonProcess
 
 from .conftest import scaled
 from .rig import (
     CHANNELS,
     DEFAULT_RATES,
     Expect,
-    ProcessDaemon,
     Rig,
     fill_disk,
     mount_tmpfs,
@@ -59,7 +59,7 @@ CHAOS_TOLERATES_DRAIN_LOSS = False
 @dataclass
 class Chaos:
     rig: Rig
-    daemon: ProcessDaemon
+    daemon: DaemonProcess
     rng: random.Random
     disk: Path | None
     windows: dict[str, list[tuple[int, int]]] = field(
@@ -165,7 +165,7 @@ class Chaos:
             # The window starts at the newest frame a poller saw: seen means
             # committed, and committed survives even kill -9.
             self.earlier_reconnects += (await self.status())["reconnect_count"]
-            await self.daemon.signal_stop(signum)
+            await self.daemon.stop(signum)
             await self.daemon.start()
 
         await self.window(action, from_seen=True)
@@ -206,10 +206,10 @@ class Chaos:
         endpoint.status = 200
         # The operator fixes the url and reloads the config (SIGHUP).
         self.hook_generation += 1
-        config = self.daemon.proc.config
+        config = self.daemon.config
         config["sinks"][0]["url"] = f"{endpoint.url}?generation={self.hook_generation}"
-        (self.daemon.proc.workdir / "config.yaml").write_text(yaml.safe_dump(config))
-        self.daemon.proc.send_signal(signal.SIGHUP)
+        self.daemon.config_path.write_text(yaml.safe_dump(config))
+        self.daemon.send_signal(signal.SIGHUP)
         await self.rig.wait_status(lambda s: s["sinks"]["hook"]["state"] != "disabled")
 
     async def disk_full(self) -> None:
@@ -293,7 +293,7 @@ async def _chaos_run(rig: Rig, seed: int, tmp_path: Path, duration: float) -> No
             except AssertionError as exc:
                 ended = [
                     line[11:]
-                    for line in daemon.output().splitlines()
+                    for line in daemon.log_text(all_runs=True).splitlines()
                     if ("connection ended" in line and "tickle" not in line)
                     or "received SIG" in line
                     or "slow consumer" in line
@@ -306,7 +306,8 @@ async def _chaos_run(rig: Rig, seed: int, tmp_path: Path, duration: float) -> No
             f"reconnects={reconnects} restarts={chaos.restarts} captured={report.captured} "
             f"holes={report.holes} written only to failed connections={report.abandoned_only}"
         )
-        assert "Traceback" not in daemon.output(), daemon.output()[-3000:]
+        output = daemon.log_text(all_runs=True)
+        assert "Traceback" not in output, output[-3000:]
     finally:
         await rig.stop()
         if mounted:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from procs import run_cli
+from bezant_trio.testing import run_cli
 
 DOCUMENTS = 14
 

@@ -20,9 +20,10 @@ import pytest
 import trio
 
 from bezant_trio.http import server as http_server
+from bezant_trio.testing import DaemonProcess, fd_count, rss_kib
 
 from .conftest import SOAK
-from .rig import InProcessDaemon, ProcessDaemon, Rig, fd_count, rss_kib
+from .rig import InProcessDaemon, Rig
 
 MIB = 1024
 
@@ -72,7 +73,7 @@ def _status_of(answer: bytes) -> int | None:
 
 
 @pytest.fixture
-async def daemon_proc(rig: Rig) -> AsyncIterator[ProcessDaemon]:
+async def daemon_proc(rig: Rig) -> AsyncIterator[DaemonProcess]:
     config = rig.config(test_sink=False)
     config["sinks"] = []
     daemon = await rig.start_process(config)
@@ -86,7 +87,7 @@ async def _served(client: httpx.AsyncClient, url: str) -> None:
 
 
 async def test_10_mb_headers_and_queries_get_a_4xx_and_memory_stays_bounded(
-    rig: Rig, daemon_proc: ProcessDaemon
+    rig: Rig, daemon_proc: DaemonProcess
 ) -> None:
     url = daemon_proc.url
     assert url is not None and rig.client is not None
@@ -250,7 +251,8 @@ async def test_5000_concurrent_connections_are_all_answered_and_memory_is_bounde
                     await rig.sim.emit_orders(1)
                 assert statuses == {200: opened_now}, (round_, statuses)
                 await _served(rig.client, daemon.url)
-        await rig.wait_status(lambda s: s["waiting"] == 0)
+            # Every long-poll was answered: the daemon lets go of all of them.
+            await rig.wait_status(lambda s: s["waiting"] == 0)
         fds_after = fd_count(daemon.pid)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
@@ -260,7 +262,7 @@ async def test_5000_concurrent_connections_are_all_answered_and_memory_is_bounde
 
 
 async def test_1000_distinct_conids_get_a_clear_429_beyond_max_conids(
-    rig: Rig, daemon_proc: ProcessDaemon
+    rig: Rig, daemon_proc: DaemonProcess
 ) -> None:
     url = daemon_proc.url
     assert url is not None and rig.client is not None

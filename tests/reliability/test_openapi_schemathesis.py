@@ -10,19 +10,18 @@ type, headers and body schema.
 
 from __future__ import annotations
 
-import subprocess
+import re
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import pytest
-import yaml
+import trio
 from hypothesis import HealthCheck, Phase, given, settings
 
-from procs import _SERVING
+from bezant_trio.testing import ChildProcess, DaemonProcess
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis import GenerationMode  # noqa: E402
@@ -35,69 +34,32 @@ POSITIVE = 280
 NEGATIVE = 90
 
 
-class _Process:
-    def __init__(self, module: str, args: list[str], cwd: Path, log: Path) -> None:
-        self.log = log
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", module, *args],
-                cwd=cwd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def wait_for_line(self, predicate: Any, timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.log.read_text(errors="replace").splitlines():
-                found = predicate(line)
-                if found:
-                    return found
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)  # a child process: no event to wait on
-        raise AssertionError(f"not started:\n{self.log.read_text(errors='replace')[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def daemon_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    # A module-scoped fixture is synchronous: each step runs in a Trio run of its own.
     work = tmp_path_factory.mktemp("schemathesis")
-    sim = _Process(
-        "bezant_trio.simulator",
-        ["--port", "0", "--no-tls", "--heartbeat-interval", "1",
-         "--rate", "orders=20", "--rate", "pnl=10"],
-        work,
+    sim = ChildProcess(
+        [sys.executable, "-m", "bezant_trio.simulator", "--port", "0", "--no-tls",
+         "--heartbeat-interval", "1", "--rate", "orders=20", "--rate", "pnl=10"],
         work / "sim.log",
+        cwd=work,
     )  # fmt: skip
-    daemon: _Process | None = None
+    daemon: DaemonProcess | None = None
     try:
-        gateway = sim.wait_for_line(lambda line: line if line.startswith("http") else None)
+        gateway = trio.run(partial(sim.wait_for, re.compile(r"^(http\S+)", re.MULTILINE)))
         config = {
-            "gateway": {"url": gateway.strip()},
+            "gateway": {"url": gateway.group(1)},
             "http": {"bind": "127.0.0.1:0", "token": TOKEN},
             "events": {"channels": ["orders", "pnl"], "marketdata": {"max_conids": 20}},
             "store": {"path": str(work / "events.db")},
             "shutdown_grace": 2,
         }
-        (work / "config.yaml").write_text(yaml.safe_dump(config))
-        daemon = _Process(
-            "bezant_trio", ["run", "--config", "config.yaml"], work, work / "daemon.log"
-        )
-        url = daemon.wait_for_line(lambda line: (m := _SERVING.search(line)) and m.group(1))
-        yield url
+        daemon = DaemonProcess(work, config)
+        yield trio.run(daemon.start)
     finally:
         if daemon is not None:
-            daemon.stop()
-        sim.stop()
+            trio.run(daemon.close)
+        trio.run(sim.close)
 
 
 def test_the_served_spec_is_valid_openapi_3_1(daemon_url: str) -> None:

@@ -18,9 +18,10 @@ import signal
 import pytest
 import trio
 
+from bezant_trio.testing import DaemonProcess
 from helpers import seq_of, wait_until
 
-from .rig import CHANNELS, CONIDS, Expect, ProcessDaemon, Rig, expand, is_gap
+from .rig import CHANNELS, CONIDS, Expect, Rig, expand, is_gap
 
 RESTARTS = 2
 
@@ -34,9 +35,9 @@ async def test_daemon_stopped_mid_stream_loses_nothing_it_had_shown(rig: Rig, si
         for _ in range(RESTARTS):
             await rig.wait_events(20)
             seen = {ch: rig.pollers[ch].last_seq() for ch in CHANNELS}
-            code = await daemon.signal_stop(signum)
+            code = await daemon.stop(signum)
             if signum == signal.SIGTERM:
-                assert code == 0, daemon.output()[-2000:]
+                assert code == 0, daemon.log_text(all_runs=True)[-2000:]
             await daemon.start()
             await rig.wait_newest_subscribed()
             resumed = rig.assigned()
@@ -45,9 +46,9 @@ async def test_daemon_stopped_mid_stream_loses_nothing_it_had_shown(rig: Rig, si
         await rig.wait_events(20)
         await rig.drain()
         report = await rig.verify(Expect(restarts=RESTARTS, restart_windows=windows))
-    assert isinstance(rig.daemon, ProcessDaemon)
+    assert isinstance(rig.daemon, DaemonProcess)
     print(f"{signal.Signals(signum).name}: captured {report.captured}, holes {report.holes}")
-    assert "Traceback" not in daemon.output()
+    assert "Traceback" not in daemon.log_text(all_runs=True)
 
 
 async def test_sigterm_captures_every_frame_that_reached_the_daemon_before_it(
@@ -62,7 +63,7 @@ async def test_sigterm_captures_every_frame_that_reached_the_daemon_before_it(
         nursery.start_soon(rig.sim.burst_marketdata, CONIDS[0], 50_000)
         await wait_until(lambda: len(rig.sim.written(channel)) > 2_000)
         written_before = expand(rig.sim.written(channel).ranges())
-        assert await daemon.signal_stop(signal.SIGTERM) == 0
+        assert await daemon.stop(signal.SIGTERM) == 0
         await daemon.start()
         await rig.wait_newest_subscribed()
         captured = {seq_of(e) for e in await rig.read_all(channel) if not is_gap(e)}

@@ -22,10 +22,10 @@ import pytest
 import trio
 import yaml
 
-from bezant_trio.http.app import HttpContext
-from procs import run_cli
+from bezant_trio.http.context import HttpContext
+from bezant_trio.testing import DaemonProcess, run_cli
 
-from .rig import WEBHOOK_SECRET, ProcessDaemon, Rig
+from .rig import WEBHOOK_SECRET, Rig
 
 TOKEN = "tok-3c1f0a9e6b4d4f8e9a77d2c5b1e0f6aa"
 
@@ -174,9 +174,9 @@ async def test_no_secret_in_any_output_of_a_full_fault_run(rig: Rig, tmp_path: P
             response = await client.get(base + path, headers=rig.auth_headers)
             outputs[path] = response.text
         # A SIGHUP reload and a SIGTERM restart log more lines.
-        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.send_signal(signal.SIGHUP)
         await rig.wait_events(5)
-        assert await daemon.signal_stop(signal.SIGTERM) == 0
+        assert await daemon.stop(signal.SIGTERM) == 0
         await daemon.start()
         await rig.wait_events(5)
         outputs["_status after restart"] = (await client.get(
@@ -190,9 +190,9 @@ async def test_no_secret_in_any_output_of_a_full_fault_run(rig: Rig, tmp_path: P
     done = run_cli("run", "--config", str(config_path), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     outputs["run with a bad secret"] = done.stderr
-    outputs["daemon log"] = daemon.output()
+    outputs["daemon log"] = daemon.log_text(all_runs=True)
     assert len(outputs["daemon log"]) > 10_000  # DEBUG: there is plenty to grep
     for secret in [*secrets, *sessions]:
         for where, text in outputs.items():
             assert secret not in text, f"a secret ({secret[:6]}...) leaked into {where}"
-    assert isinstance(rig.daemon, ProcessDaemon)
+    assert isinstance(rig.daemon, DaemonProcess)

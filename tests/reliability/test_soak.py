@@ -25,10 +25,11 @@ import pytest
 import trio
 
 from bezant_trio.simulator import SeqRanges
+from bezant_trio.testing import fd_count, rss_kib
 from helpers import seq_of, wait_until
 
 from .conftest import SOAK
-from .rig import CHANNELS, Rig, expand, fd_count, is_gap, rss_kib
+from .rig import CHANNELS, Rig, expand, is_gap
 
 RATES = {"orders": 100.0, "pnl": 100.0, "trades": 100.0, "marketdata": 100.0}  # 500/s
 POLLERS = 50
@@ -109,7 +110,7 @@ async def _soak(rig: Rig, seed: int, duration: float, drop_every: float, warm_up
     config["events"]["capacity"] = {"default": 2000}
     daemon = await rig.start_process(config)
     assert rig.endpoint is not None
-    rig.endpoint.compact = True  # a long run would not fit every delivery in memory
+    rig.endpoint.record = "cursors"  # a long run would not fit every delivery in memory
     topics = [*CHANNELS, "gap"]
     pollers = [LoadPoller(rig, topic, True, 0.05) for topic in topics]
     pollers += [

@@ -159,19 +159,34 @@ async def test_the_shipped_session_replayed_into_a_daemon_gives_exactly_its_even
     config = config_from_mapping(
         {"gateway": {"url": sim.base_url}, "http": {"bind": "127.0.0.1:0"}}, env={}
     )
+    # After the greeting the daemon also fetches the truth of its channels
+    # (orders, pnl) from REST and publishes it as one resync event each.
+    resynced = {
+        "orders": "/iserver/account/orders?force=true",
+        "pnl": "/iserver/account/pnl/partitioned",
+    }
     with trio.fail_after(30):
         daemon = await nursery.start(Daemon(config).run)
         await sim.wait_for(lambda s: replay.played == 1)
-        total = sum(len(p) for p in expected.values())
-        await wait_until(lambda: sum(daemon.hub.head(topic) for topic in expected) >= total)
-        got = {}
+        await wait_until(
+            lambda: all(
+                daemon.hub.head(topic) >= len(payloads) + (topic in resynced)
+                for topic, payloads in expected.items()
+            )
+        )
+        got: dict[str, list[bytes]] = {}
+        resyncs: dict[str, list[str]] = {}
         for topic in expected:
-            page = await daemon.hub.read(topic, 0, 100)
-            got[topic] = [event.payload_json for event in page.events]
+            for event in (await daemon.hub.read(topic, 0, 100)).events:
+                if event.payload.get("reason") == "resync":
+                    resyncs.setdefault(topic, []).append(event.payload["source"])
+                else:
+                    got.setdefault(topic, []).append(event.payload_json)
         await wait_until(lambda: daemon.connector.frames["echo"] >= 1)
         frames = daemon.connector.status()["frames"]
         daemon.request_stop()
-    assert got == dict(expected)
+    assert got == dict(expected)  # every frame once, in order, byte for byte
+    assert resyncs == {topic: [source] for topic, source in resynced.items()}
     assert set(daemon.hub.topics()) - {"gap"} == set(expected)
     # heartbeats, tic answers and the echo were counted, never captured
     assert frames["heartbeat"] == 6 and frames["echo"] >= 1 and "malformed" not in frames

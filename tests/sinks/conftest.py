@@ -9,15 +9,14 @@ from __future__ import annotations
 import pytest
 import trio
 
-from bezant_trio.sinks.pytest_plugin import (  # noqa: F401 - fixtures
+from bezant_trio.testing import WebhookReceiver
+from bezant_trio.testing.pytest_plugin import (  # noqa: F401 - fixtures
     bezant_daemon_factory,
     bezant_gateway_simulator,
     bezant_hub,
     bezant_plugin_manager,
     bezant_sink_manager_factory,
 )
-
-from .receiver import WebhookReceiver
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from bezant_trio.sinks.manager import DEFAULT_BATCH_SIZE
+from bezant_trio.sinks.specs import DEFAULT_BATCH_SIZE
 from bezant_trio.store.hub import WAKE_INTERVAL, Hub
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from bezant_trio.sinks.manager import SinkManager
 from bezant_trio.sinks.testing import TestSink
+from bezant_trio.store.checkpoints import CheckpointStore
 from bezant_trio.store.hub import Hub
 from bezant_trio.store.log import EventLog
 
@@ -17,19 +20,29 @@ SINKS = [{"name": "audit", "type": "test", "topics": ["orders"], "batch_size": 1
 
 
 @asynccontextmanager
-async def _daemon_like(path: Path) -> AsyncIterator[tuple[Hub, SinkManager]]:
-    """A log-backed hub and a sink manager, started and stopped like the daemon does."""
+async def _daemon_like(
+    path: Path,
+    sinks: list[dict[str, Any]] = SINKS,
+    *,
+    wrap: Callable[[CheckpointStore], CheckpointStore] | None = None,
+) -> AsyncIterator[tuple[Hub, SinkManager]]:
+    """A log-backed hub and a sink manager, started and stopped like the daemon does.
+
+    ``wrap`` replaces the hub's checkpoint store with one built around it.
+    """
     elog = await trio.to_thread.run_sync(EventLog.open, path)
     try:
         hub = Hub(capacity_for=lambda topic: 1000, event_log=elog)
         await hub.open()
+        if wrap is not None:
+            hub.checkpoints = wrap(hub.checkpoints)
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.run_writer)
-            manager = SinkManager(hub, SINKS)
+            manager = SinkManager(hub, sinks)
             await nursery.start(manager.run)
             yield hub, manager
             await hub.close()
-            await manager.aclose(grace=0.2)
+            await manager.aclose(trio.current_time() + 0.2)
             nursery.cancel_scope.cancel()
     finally:
         await trio.to_thread.run_sync(elog.close)
@@ -91,3 +104,72 @@ async def test_removing_a_sink_on_reload_forgets_its_checkpoints(tmp_path: Path)
             assert await trio.to_thread.run_sync(elog.load_checkpoints, "audit") == {}
             await manager.reload(SINKS)
             await manager.sinks["audit"].wait_for(1)  # starts over from the beginning
+
+
+class _StoreFailsOnce:
+    """The log's checkpoint store, except that the first ``store`` of ``topic`` fails (disk full)."""
+
+    durable = True
+
+    def __init__(self, inner: CheckpointStore, topic: str = "pnl") -> None:
+        self._inner = inner
+        self._topic = topic
+        self.failed = trio.Event()
+        #: Every mapping stored successfully, in order.
+        self.stored: list[dict[str, int]] = []
+        self.changed = trio.Event()
+
+    async def load(self, sink: str) -> dict[str, int]:
+        return await self._inner.load(sink)
+
+    async def store(self, sink: str, checkpoints: Mapping[str, int]) -> None:
+        if not self.failed.is_set() and self._topic in checkpoints:
+            self.failed.set()
+            raise sqlite3.OperationalError("database or disk is full")
+        await self._inner.store(sink, checkpoints)
+        self.stored.append(dict(checkpoints))
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def delete(self, sink: str) -> None:
+        await self._inner.delete(sink)
+
+
+async def test_a_failed_checkpoint_write_is_retried_and_a_restart_redelivers_one_batch_at_most(
+    tmp_path: Path, caplog
+):
+    path = tmp_path / "events.db"
+    sinks = [{"name": "audit", "type": "test", "topics": ["orders", "pnl"], "batch_size": 10}]
+    with trio.fail_after(30):
+        async with _daemon_like(path, sinks, wrap=_StoreFailsOnce) as (hub, manager):
+            store: _StoreFailsOnce = hub.checkpoints
+            sink: TestSink = manager.sinks["audit"]
+            for i in range(3):
+                hub.publish("pnl", {"i": i})
+            for i in range(20):
+                hub.publish("orders", {"i": i})
+            await sink.wait_for(23)
+            await store.failed.wait()  # pnl 3 (and orders, maybe) were not stored
+            assert "storing checkpoints of sink 'audit' failed, will retry" in caplog.text
+            before = len(store.stored)
+            # Only orders moves on; the next flush must still store pnl's checkpoint.
+            for i in range(20, 25):
+                hub.publish("orders", {"i": i})
+            await sink.wait_for(28)
+            while len(store.stored) == before:
+                await store.changed.wait()
+            assert store.stored[before]["pnl"] == 3
+            sink.block()
+            for i in range(25, 30):
+                hub.publish("orders", {"i": i})
+            await sink.wait_blocked()  # orders 26-30 in flight, never acknowledged
+
+        async with _daemon_like(path, sinks) as (hub, manager):
+            again: TestSink = manager.sinks["audit"]
+            # The batch in flight and the restart's gaps, nothing older.
+            await again.wait_for(7)
+            assert again.cursors("orders") == [26, 27, 28, 29, 30, 31]
+            assert again.cursors("pnl") == [4]
+            assert {e.payload["reason"] for e in again.events if e.cursor in (4, 31)} == {
+                "process_restart"
+            }

@@ -12,13 +12,9 @@ import trio
 
 from bezant_trio import hookimpl
 from bezant_trio.sinks import Option
-from bezant_trio.sinks.manager import (
-    SinkConfigError,
-    SinkManager,
-    create_plugin_manager,
-    plugin_manager,
-    sink_types,
-)
+from bezant_trio.sinks.manager import SinkConfigError, SinkManager
+from bezant_trio.sinks.plugins import create_plugin_manager, plugin_manager, sink_types
+from bezant_trio.sinks.specs import validate_sink_configs
 from bezant_trio.sinks.testing import TestSink
 from bezant_trio.store.hub import Hub
 
@@ -57,8 +53,6 @@ def _hub() -> Hub:
         ({"name": "a", "type": "test", "fail_rate": "x"}, "option 'fail_rate' must be a number"),
         ({"name": "a", "type": "webhook", "url": "ftp://x"}, "option 'url' must be an http://"),
         ({"name": "a", "type": "webhook", "url": "http://x", "timeout": 0}, "'timeout' must be"),
-        ({"type": "test"}, "sinks[0]: `name` must be a non-empty string"),
-        ({"name": "a"}, "sink 'a': `type` must be a non-empty string"),
     ],
 )
 def test_bad_sink_config_is_one_clear_line_naming_the_sink(
@@ -71,9 +65,54 @@ def test_bad_sink_config_is_one_clear_line_naming_the_sink(
     assert "\n" not in text
 
 
-def test_duplicate_sink_names_are_refused() -> None:
-    with pytest.raises(SinkConfigError, match="sink 'a': the name is used twice"):
-        SinkManager(_hub(), [{"name": "a", "type": "test"}, {"name": "a", "type": "test"}])
+@pytest.mark.parametrize(
+    ("sinks", "message"),
+    [
+        ({"name": "a", "type": "file"}, "sinks: expected a list of sink mappings, got a mapping"),
+        ("file", "sinks: expected a list of sink mappings, got 'file'"),
+        (["file"], "sinks[0]: expected a mapping with 'name' and 'type', got 'file'"),
+        ([{"type": "file"}], "sinks[0].name: missing: every sink needs a unique name"),
+        ([{"name": " ", "type": "file"}], "sinks[0].name: expected a non-empty string, got ' '"),
+        ([{"name": 3, "type": "file"}], "sinks[0].name: expected a non-empty string, got 3"),
+        (
+            [{"name": "a", "type": "test"}, {"name": "b"}],
+            "sinks[1].type: missing: set the sink type, e.g. 'file', 'webhook' or 'test'",
+        ),
+        (
+            [{"name": "a", "type": 3}],
+            "sinks[0].type: expected a non-empty string, got 3",
+        ),
+        (
+            [{"name": "a", "type": ""}],
+            "sinks[0].type: expected a non-empty string, got ''",
+        ),
+        (
+            [
+                {"name": "a", "type": "file"},
+                {"name": "b", "type": "test"},
+                {"name": "a", "type": "test"},
+            ],
+            "sinks[2].name: duplicate sink name 'a' (also used by sinks[0]);"
+            " sink names must be unique",
+        ),
+        (
+            # Names and types of every entry are checked before any entry's options.
+            [{"name": "a", "type": "test", "fail_rate": "x"}, {"type": "test"}],
+            "sinks[1].name: missing: every sink needs a unique name",
+        ),
+        (
+            [{"name": 2**70, "type": "test"}],
+            "sinks[0].name: expected a non-empty string, got a very large integer",
+        ),
+    ],
+)
+def test_sink_entries_without_a_usable_name_or_type_are_named_by_key_path(
+    sinks: Any, message: str
+) -> None:
+    for check in (lambda: SinkManager(_hub(), sinks), lambda: validate_sink_configs(sinks)):
+        with pytest.raises(SinkConfigError) as caught:
+            check()
+        assert str(caught.value) == message
 
 
 def test_a_bad_webhook_secret_is_refused_without_echoing_it() -> None:

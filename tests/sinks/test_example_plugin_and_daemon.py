@@ -10,7 +10,7 @@ import httpx
 import pytest
 import trio
 
-from bezant_trio.sinks.manager import create_plugin_manager, sink_types
+from bezant_trio.sinks.plugins import create_plugin_manager, sink_types
 from bezant_trio.sinks.testing import TestSink
 
 

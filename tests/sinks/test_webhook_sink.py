@@ -17,8 +17,7 @@ import trio
 
 from bezant_trio.sinks.manager import SinkManager
 from bezant_trio.store.hub import Hub
-
-from .receiver import Received, Reply, WebhookReceiver
+from bezant_trio.testing import Received, Reply, WebhookReceiver
 
 KEY = b"a 24-byte test key here!"
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
@@ -93,8 +92,11 @@ async def test_outage_then_recovery_delivers_everything_in_order_signed(
         assert verify_standard_webhook(SECRET, request)
         topics = {e["topic"] for e in request.events}
         assert len(topics) == 1
+        topic = topics.pop()
         first, last = request.events[0]["cursor"], request.events[-1]["cursor"]
-        assert request.headers["webhook-id"] == f"{topics.pop()}:{first}-{last}"
+        assert request.headers["webhook-id"] == f"{hub.cursor_space}:{topic}:{first}-{last}"
+        for event in request.events:
+            assert event["id"] == f"{hub.cursor_space}:{topic}:{event['cursor']}"
     events = _delivered_once(receiver)
     assert [e["cursor"] for e in events if e["topic"] == "orders"] == list(range(1, 121))
     assert [e["cursor"] for e in events if e["topic"] == "pnl"] == list(range(1, 31))

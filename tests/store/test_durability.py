@@ -11,7 +11,7 @@ import httpx
 import pytest
 import trio
 
-from bezant_trio.http.app import HttpContext
+from bezant_trio.http.context import HttpContext
 from bezant_trio.store.hub import UNCLEAN_CURSOR_SKIP, Hub
 from bezant_trio.store.log import EventLog
 from helpers import capacity_of, wait_until
@@ -115,7 +115,7 @@ async def test_a_poller_ten_rings_behind_reads_everything_from_the_log(store: St
         for i in range(total):
             hub.publish("orders", {"i": i})
         await wait_until(lambda: hub.head("orders") == total)
-        base = await serve(HttpContext(hub=hub, history_enabled=lambda: True))
+        base = await serve(HttpContext(hub=hub))
         seen: list[int] = []
         since = 0
         async with httpx.AsyncClient() as client:
@@ -158,9 +158,15 @@ async def test_retention_expires_old_cursors_with_412_and_keeps_the_rest(
         base = await serve(HttpContext(hub=hub))
         async with httpx.AsyncClient() as client:
             old = await client.get(f"{base}/events/orders?since=10")
+            # The pruned edge, both sides: 350 went, 351 is the oldest kept.
             kept = await client.get(f"{base}/events/orders?since=350&limit=10")
-    assert old.status_code == 412 and old.json()["head_cursor"] == 500
+            past_edge = await client.get(f"{base}/events/orders?since=349")
+    assert old.status_code == 412
+    assert old.json()["head_cursor"] == 351 and old.json()["newest_cursor"] == 500
+    assert "resume with since=350" in old.json()["message"]
+    assert kept.status_code == 200
     assert [e["cursor"] for e in kept.json()["events"]] == list(range(351, 361))
+    assert past_edge.status_code == 412 and past_edge.json()["head_cursor"] == 351
 
 
 async def test_history_by_time_and_cursor(store: Store, serve) -> None:
@@ -170,7 +176,7 @@ async def test_history_by_time_and_cursor(store: Store, serve) -> None:
             hub.publish("orders", {"i": i})
         hub.publish("pnl", {"x": 1})
         await wait_until(lambda: hub.head("orders") == 20 and hub.head("pnl") == 1)
-        base = await serve(HttpContext(hub=hub, history_enabled=lambda: True))
+        base = await serve(HttpContext(hub=hub))
         async with httpx.AsyncClient() as client:
             by_ts = (
                 await client.get(

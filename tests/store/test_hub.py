@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from bezant_trio.model import GapReason
-from bezant_trio.store.hub import Hub, TooManyConids
+from bezant_trio.store.hub import Hub
 from helpers import capacity_of
 
 
@@ -100,23 +100,6 @@ async def test_close_wakes_long_polls(hub: Hub, autojump_clock: object) -> None:
         await trio.sleep(1)
         await hub.close()
     assert trio.current_time() < 2
-
-
-async def test_want_conid_limits_and_idle_expiry(autojump_clock: object) -> None:
-    hub = Hub(capacity_of(), max_conids=2, clock=trio.current_time)
-    await hub.open()
-    changed = hub.wants_changed
-    assert hub.want_conid(1) is True
-    assert changed.is_set()
-    assert hub.want_conid(1) is False
-    hub.want_conid(2)
-    with pytest.raises(TooManyConids):
-        hub.want_conid(3)
-    await trio.sleep(200)
-    hub.want_conid(2)  # polled again: stays
-    await trio.sleep(150)
-    assert hub.expire_idle_conids(300) == [1]
-    assert hub.wanted_conids() == [2]
 
 
 async def test_batch_readers_of_a_hot_topic_are_paced(hub: Hub, autojump_clock: object) -> None:

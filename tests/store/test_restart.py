@@ -10,15 +10,20 @@ import httpx
 import trio
 
 from bezant_trio.simulator import GatewaySimulator
+from bezant_trio.testing import DaemonProcess
 from helpers import seq_of
-from procs import DaemonProcess
 
 
 def _config(sim: GatewaySimulator, tmp_path: Path) -> dict[str, Any]:
     return {
         "gateway": {"url": sim.base_url},
         "http": {"bind": "127.0.0.1:0"},
-        "events": {"capacity": {"orders": 1000, "pnl": 1000}, "backoff": {"min": 0.05, "max": 0.2}},
+        # resync off: cursors are counted exactly across the restart.
+        "events": {
+            "capacity": {"orders": 1000, "pnl": 1000},
+            "backoff": {"min": 0.05, "max": 0.2},
+            "resync": False,
+        },
         "store": {"path": str(tmp_path / "state" / "events.db")},
         "shutdown_grace": 5,
     }

@@ -1,4 +1,6 @@
-"""Helpers of the plugin's tests: read a stream back, read the REST API, run the daemon.
+"""Helpers of the plugin's tests: read a stream back, read the REST API, wait on a daemon's sink.
+
+The daemon itself runs as :class:`bezant_trio.testing.DaemonProcess`.
 
 Named ``nats_helpers`` (not ``helpers``) because the main test suite's
 directory, with its own ``helpers.py``, is on ``sys.path`` in the same run.
@@ -7,8 +9,6 @@ directory, with its own ``helpers.py``, is on ``sys.path`` in the same run.
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -20,17 +20,9 @@ import httpx
 import nats
 import orjson
 import trio
-import yaml
 from nats.js.api import StreamInfo
 
-#: Re-check interval of conditions that have no event to wait on (a subprocess's state).
-POLL = 0.02
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Wait until ``condition()`` holds; callers bound it with ``trio.fail_after``."""
-    while not condition():  # noqa: ASYNC110 - no event exists for these conditions
-        await trio.sleep(POLL)
+from bezant_trio.testing import DaemonProcess
 
 
 async def wait_hub_head(hub: Any, heads: dict[str, int]) -> None:
@@ -138,76 +130,18 @@ def by_subject(messages: Sequence[StoredMessage]) -> dict[str, list[StoredMessag
     return grouped
 
 
-_SERVING = re.compile(r"serving on (http://\S+)")
+async def wait_sink(
+    daemon: DaemonProcess,
+    client: httpx.AsyncClient,
+    name: str,
+    predicate: Callable[[dict[str, Any]], bool],
+) -> dict[str, Any]:
+    """Poll the daemon's ``/events/_status`` until sink ``name`` satisfies ``predicate``.
 
-
-class DaemonProcess:
-    """``python -m bezant_trio run --config <dir>/config.yaml``, output in a log file."""
-
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
-        self.workdir = workdir
-        self.config = config
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url: str | None = None
-        self.runs = 0
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"daemon-{self.runs}.log"
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    async def start(self) -> str:
-        """Start it and wait until it serves; returns the base URL."""
-        self.runs += 1
-        config_path = self.workdir / "config.yaml"
-        config_path.write_text(yaml.safe_dump(self.config))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("BEZANT_", "IBKR_"))}
-        # Popen returns at once (fork/exec); the wait for readiness below is async.
-        with open(self.log_path, "wb") as log:  # noqa: ASYNC230 - a local file, opened once
-            self.proc = subprocess.Popen(  # noqa: ASYNC220
-                [sys.executable, "-m", "bezant_trio", "run", "--config", str(config_path)],
-                cwd=self.workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        await wait_until(lambda: bool(_SERVING.search(self.log_text())) or self.exited)
-        match = _SERVING.search(self.log_text())
-        assert match is not None, f"the daemon did not start:\n{self.log_text()}"
-        self.url = match.group(1)
-        return self.url
-
-    @property
-    def exited(self) -> bool:
-        return self.proc is not None and self.proc.poll() is not None
-
-    async def kill(self) -> None:
-        """``kill -9`` and reap."""
-        assert self.proc is not None
-        self.proc.kill()
-        await wait_until(lambda: self.exited)
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    async def sink_status(self, client: httpx.AsyncClient, name: str) -> dict[str, Any]:
-        response = await client.get(f"{self.url}/events/_status")
-        return response.json()["sinks"][name]
-
-    async def wait_sink(
-        self, client: httpx.AsyncClient, name: str, predicate: Callable[[dict[str, Any]], bool]
-    ) -> dict[str, Any]:
-        """Poll ``/events/_status`` until the sink's status satisfies ``predicate``."""
-        while True:
-            status = await self.sink_status(client, name)
-            if predicate(status):
-                return status
-            assert not self.exited, self.log_text()
-            await trio.sleep(POLL)
+    Returns the sink's status; raises if the daemon exits or 30 s pass.
+    """
+    status = await daemon.wait_status(lambda s: predicate(s["sinks"][name]), client=client)
+    return status["sinks"][name]
 
 
 def run_consumer(*args: str) -> subprocess.CompletedProcess[bytes]:

@@ -6,6 +6,8 @@ heartbeat watchdog, market-data wants); anything that ends the connection
 cancels that scope with a reason. The loop then backs off (exponential with
 jitter), reconnects, bumps ``reset_epoch`` and injects gap events.
 
+Reads its settings straight from the ``gateway`` and ``events`` config
+sections, and the market-data demand from :class:`~bezant_trio.wants.Wants`.
 Imports the hub; never imports ``http`` or ``sinks``.
 """
 
@@ -16,7 +18,7 @@ import random
 import ssl
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
@@ -29,17 +31,30 @@ from bezant_trio.cpapi.frames import (
     md_subscribe,
     md_unsubscribe,
 )
-from bezant_trio.cpapi.session import GatewayError, GatewaySession
+from bezant_trio.cpapi.resync import Resyncer
+from bezant_trio.cpapi.session import (
+    GatewayCompeting,
+    GatewayError,
+    GatewayNeedsLogin,
+    GatewaySession,
+    GatewaySessionDown,
+    SessionStatus,
+)
 from bezant_trio.cpapi.transport import (
     HandshakeFailed,
     Transport,
     TransportClosed,
     open_transport,
 )
-from bezant_trio.model import GapReason, format_ts
-from bezant_trio.store.hub import Hub, marketdata_topic
+from bezant_trio.model import GapReason, format_ts, marketdata_topic
+from bezant_trio.store.hub import Hub
+from bezant_trio.util import backoff_delay, describe
+from bezant_trio.wants import Wants
 
-__all__ = ["Connector", "ConnectorSettings", "backoff_delay"]
+if TYPE_CHECKING:
+    from bezant_trio.config import EventsConfig, GatewayConfig
+
+__all__ = ["Connector"]
 
 log = logging.getLogger(__name__)
 
@@ -49,69 +64,14 @@ KEEPALIVE_INTERVAL = 30.0
 DRAIN_TIMEOUT = 2.0
 #: ... or after this many seconds in all, even if frames keep coming.
 DRAIN_MAX = 10.0
+#: Most seconds for TCP, TLS and the WebSocket upgrade together.
+CONNECT_TIMEOUT = 10.0
 
 
-class ConnectorSettings:
-    """The knobs of ``gateway`` and ``events`` the connector reads."""
-
-    def __init__(
-        self,
-        *,
-        url: str,
-        verify_tls: bool = False,
-        tickle_interval: float = 60.0,
-        heartbeat_timeout: float = 90.0,
-        ready_timeout: float = 5.0,
-        backoff_min: float = 1.0,
-        backoff_max: float = 60.0,
-        channels: tuple[str, ...] = ("orders", "pnl"),
-        capture_other: bool = True,
-        md_fields: tuple[str, ...] = ("31", "84", "86", "85", "88", "87"),
-        idle_unsubscribe: float = 300.0,
-        resubscribe_interval: float = 540.0,
-        connect_timeout: float = 10.0,
-        websocket_client: str = "wsproto",
-    ) -> None:
-        self.url = url
-        self.verify_tls = verify_tls
-        self.tickle_interval = tickle_interval
-        self.heartbeat_timeout = heartbeat_timeout
-        self.ready_timeout = ready_timeout
-        self.backoff_min = backoff_min
-        self.backoff_max = backoff_max
-        self.channels = channels
-        self.capture_other = capture_other
-        self.md_fields = md_fields
-        self.idle_unsubscribe = idle_unsubscribe
-        self.resubscribe_interval = resubscribe_interval
-        self.connect_timeout = connect_timeout
-        self.websocket_client = websocket_client
-
-    @classmethod
-    def from_config(cls, config: Any) -> ConnectorSettings:
-        """Build from a :class:`bezant_trio.config.Config`."""
-        events = config.events
-        return cls(
-            url=config.gateway.url,
-            verify_tls=config.gateway.verify_tls,
-            tickle_interval=config.gateway.tickle_interval,
-            websocket_client=config.gateway.websocket_client,
-            heartbeat_timeout=events.heartbeat_timeout,
-            ready_timeout=events.ready_timeout,
-            backoff_min=events.backoff.min,
-            backoff_max=events.backoff.max,
-            channels=tuple(events.channels),
-            capture_other=events.capture_other,
-            md_fields=tuple(events.marketdata.fields),
-            idle_unsubscribe=events.marketdata.idle_unsubscribe,
-            resubscribe_interval=events.marketdata.resubscribe_interval,
-        )
-
-
-def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:
-    """Delay before retry ``attempt`` (1-based): exponential from ``lo`` to ``hi``, equal jitter."""
-    ceiling = min(hi, lo * 2 ** max(0, attempt - 1))
-    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+#: States that say why the last attempt failed; kept (not "connecting") while retrying.
+_FAILED_STATES = frozenset(
+    {"needs_login", "session_down", "competing", "gateway_unreachable", "gateway_silent"}
+)
 
 
 class _ConnectionEnded(Exception):
@@ -121,10 +81,21 @@ class _ConnectionEnded(Exception):
 class Connector:
     """Holds the gateway WebSocket open and publishes every frame into ``hub``."""
 
-    def __init__(self, hub: Hub, settings: ConnectorSettings, *, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        gateway: GatewayConfig,
+        events: EventsConfig,
+        wants: Wants,
+        seed: int | None = None,
+    ) -> None:
         self.hub = hub
-        self.settings = settings
+        self.gateway = gateway
+        self.events = events
+        self.wants = wants
         self._rng = random.Random(seed)
+        #: True once the gateway's ready frame came on the current socket.
         self.connected = False
         self.reconnect_count = 0
         self.connect_count = 0
@@ -147,24 +118,52 @@ class Connector:
         self._conn_ended = trio.Event()
         self._stopping = False
         self._ready = False
+        #: Whether the current attempt's WebSocket opened (a silent one did).
+        self._opened = False
+        #: Whether any frame has arrived in this process (``last_message_at``).
+        self._frame_seen = False
+        #: Connection attempts since start, and the failed ones by reason.
+        self.connect_attempts = 0
+        self.failures: Counter[str] = Counter()
+        #: What the gateway said of itself (``_status.gateway``), None where it has not.
+        self.gateway_info: dict[str, Any] = {
+            "username": None,
+            "is_paper": None,
+            "server_name": None,
+            "server_version": None,
+            "authenticated": None,
+            "competing": None,
+        }
+        #: When and why the last connection that had been ready ended.
+        self.last_disconnect: dict[str, str] | None = None
+        #: The accounts ``/iserver/accounts`` listed at the last connect.
+        self.accounts: list[str] = []
+        #: Fetches the REST truth after every gap (built by run() with its session).
+        self.resyncer: Resyncer | None = None
 
     # ---------------------------------------------------------------- status
 
     def status(self) -> dict[str, Any]:
-        """The connector's part of ``/events/_status``."""
-        subscribed = [c for c in self.settings.channels] if self.connected else []
-        subscribed += [marketdata_topic(c) for c in sorted(self.subscribed_conids)]
+        """The connector's part of ``/events/_status`` (docs/api.md, "Gateway states")."""
+        subscribed: list[str] = []
+        if self.connected:  # only what the gateway can have taken: sent after its ready frame
+            subscribed = list(self.events.channels)
+            subscribed += [marketdata_topic(c) for c in sorted(self.subscribed_conids)]
         return {
             "connected": self.connected,
             "state": self.state,
             "last_message_at": (
-                format_ts(self._wall_offset + self._last_frame) if self.connect_count else None
+                format_ts(self._wall_offset + self._last_frame) if self._frame_seen else None
             ),
             "reconnect_count": self.reconnect_count,
+            "connect_attempts": self.connect_attempts,
+            "failed_attempts": dict(sorted(self.failures.items())),
             "last_error": self.last_error,
+            "last_disconnect": self.last_disconnect,
             "next_retry_in": self.next_retry_in,
             "frames": {str(kind): count for kind, count in sorted(self.frames.items())},
-            "topics_subscribed": sorted(set(subscribed) | set(self.hub.topics())),
+            "topics_subscribed": sorted(subscribed),
+            "gateway": dict(self.gateway_info),
         }
 
     def status_line(self) -> str:
@@ -172,56 +171,88 @@ class Connector:
         if self.connected:
             return f"connected, epoch {self.hub.reset_epoch}, {len(self.hub.topics())} topics"
         if self.next_retry_in is not None:
-            return f"reconnecting in {self.next_retry_in:.0f} s: {self.last_error}"
+            return f"{self.state}, retrying in {self.next_retry_in:.0f} s: {self.last_error}"
         return f"{self.state}: {self.last_error or 'connecting'}"
+
+    @property
+    def receiving(self) -> bool:
+        """Connected, and a frame came within ``events.heartbeat_timeout``."""
+        silent_for = trio.current_time() - self._last_frame
+        return self.connected and silent_for < self.events.heartbeat_timeout
 
     # ------------------------------------------------------------------- run
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect and reconnect until cancelled."""
-        session = GatewaySession(self.settings.url, verify_tls=self.settings.verify_tls)
+        session = GatewaySession(
+            self.gateway.url,
+            verify_tls=self.gateway.verify_tls,
+            timeout=self.gateway.request_timeout,
+        )
+        resyncer = self.resyncer = Resyncer(
+            self.hub, session, self.events.channels if self.events.resync else ()
+        )
         task_status.started()
-        attempt = 0
         try:
-            while True:
-                self.state = "connecting"
-                healthy = False
-                started = trio.current_time()
-                try:
-                    healthy = await self._connect_once(session)
-                except GatewayError as exc:
-                    self._record_error(str(exc))
-                except (OSError, ssl.SSLError, trio.BrokenResourceError) as exc:
-                    self._record_error(f"network: {type(exc).__name__}: {exc}")
-                except HandshakeFailed as exc:
-                    self._record_error(f"websocket handshake failed: {exc}")
-                except _ConnectionEnded as exc:
-                    self._record_error(str(exc))
-                if self.connected:
-                    self._mark_disconnected()
-                if self._stopping:
-                    self.state = "stopped"
-                    return
-                lived = trio.current_time() - started
-                # A connection that reached ready and stayed up is not flapping.
-                attempt = 1 if healthy and lived >= self.settings.backoff_max else attempt + 1
-                delay = backoff_delay(
-                    attempt, self.settings.backoff_min, self.settings.backoff_max, self._rng
-                )
-                self.state = "backing_off"
-                self.next_retry_in = round(delay, 3)
-                log.warning(
-                    "gateway connection ended (%s); retrying in %.2f s", self.last_error, delay
-                )
-                await trio.sleep(delay)
-                self.next_retry_in = None
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(resyncer.run)
+                await self._connect_forever(session)
+                nursery.cancel_scope.cancel()  # stopping: a resync in flight is not needed
         finally:
             self.connected = False
             with trio.CancelScope(shield=True):
                 await session.aclose()
 
-    def _record_error(self, message: str) -> None:
+    async def _connect_forever(self, session: GatewaySession) -> None:
+        attempt = 0
+        while True:
+            if self.state not in _FAILED_STATES:
+                self.state = "connecting"
+            healthy = False
+            started = trio.current_time()
+            self.connect_attempts += 1
+            try:
+                healthy = await self._connect_once(session)
+            except GatewayError as exc:
+                self._record_failure(exc.state, exc.reason, str(exc))
+            except (OSError, ssl.SSLError, trio.BrokenResourceError) as exc:
+                self._record_failure("gateway_unreachable", "network", f"network: {describe(exc)}")
+            except HandshakeFailed as exc:
+                self._record_failure(
+                    "gateway_unreachable", "handshake", f"websocket handshake failed: {exc}"
+                )
+            except _ConnectionEnded as exc:
+                if self._ready:
+                    self.last_error = str(exc)
+                    self.last_disconnect = {"at": format_ts(), "reason": str(exc)}
+                    self.state = "connecting"
+                else:
+                    self._record_failure(self._silent_state(), "no_ready", str(exc))
+            if self.connected:
+                self._mark_disconnected()
+            if self._stopping:
+                self.state = "stopped"
+                return
+            lived = trio.current_time() - started
+            # A connection that reached ready and stayed up is not flapping.
+            attempt = 1 if healthy and lived >= self.events.backoff.max else attempt + 1
+            delay = backoff_delay(
+                attempt, self.events.backoff.min, self.events.backoff.max, self._rng
+            )
+            self.next_retry_in = round(delay, 3)
+            log.warning("gateway %s (%s); retrying in %.2f s", self.state, self.last_error, delay)
+            await trio.sleep(delay)
+            self.next_retry_in = None
+
+    def _record_failure(self, state: str, reason: str, message: str) -> None:
+        """A failed attempt: the state it implies, a metric label, and the words for a user."""
+        self.state = state
+        self.failures[reason] += 1
         self.last_error = message
+
+    def _silent_state(self) -> str:
+        # A socket that opened but never sent the ready frame is a silent gateway.
+        return "gateway_silent" if self._opened else self.state
 
     def _mark_disconnected(self) -> None:
         self.connected = False
@@ -257,7 +288,7 @@ class Connector:
     async def _drain(self, ws: Transport, reason: str) -> None:
         assert self._barrier is not None
         with trio.move_on_after(DRAIN_MAX):
-            for channel in self.settings.channels:
+            for channel in self.events.channels:
                 await self._send(ws, CHANNEL_COMMANDS[channel][1])
             for conid in sorted(self.subscribed_conids):
                 await self._send(ws, md_unsubscribe(conid))
@@ -282,19 +313,19 @@ class Connector:
 
     async def _connect_once(self, session: GatewaySession) -> bool:
         """One connection, from tickle to its end. Returns whether it got ready."""
-        session_id = await session.tickle()
-        settings = self.settings
-        self._end_reason = None
+        self._opened = False
         self._ready = False
+        session_id = await self._ready_session(session)
+        self._end_reason = None
         self._barrier = None
         self._conn_ended = trio.Event()
         try:
             async with open_transport(
                 session.ws_url,
-                client=settings.websocket_client,
+                client=self.gateway.websocket_client,
                 ssl_context=session.ssl_context(),
                 headers=[GatewaySession.cookie_header(session_id)],
-                connect_timeout=settings.connect_timeout,
+                connect_timeout=CONNECT_TIMEOUT,
             ) as ws:
                 await self._on_open()
                 with trio.CancelScope() as scope:
@@ -306,6 +337,8 @@ class Connector:
                         nursery.start_soon(self._watchdog)
                         await self._wait_ready()
                         await self._subscribe_all(ws)
+                        if self._ready:
+                            self._request_resync()
                         nursery.start_soon(self._keepalive, ws)
                         nursery.start_soon(self._tickle_loop, session)
                         nursery.start_soon(self._wants_loop, ws)
@@ -323,13 +356,56 @@ class Connector:
             self._conn_ended.set()
         return self._ready
 
+    async def _ready_session(self, session: GatewaySession) -> str:
+        """Tickle, recover the brokerage session if it is down, list the accounts.
+
+        Returns the session id for the WebSocket cookie. The gateway keeps a
+        brokerage session of its own behind the login: when it is down
+        (``authenticated: false``) ``ssodh/init`` asks for it again, taking it
+        from a competing login only with ``gateway.compete: true``. The orders
+        stream stays silent until ``/iserver/accounts`` has been called.
+        """
+        status = await session.tickle()
+        self._note_session(status)
+        if status.competing and not self.gateway.compete:
+            raise GatewayCompeting(
+                "another login (TWS, the mobile app, another gateway) holds the brokerage "
+                "session; log out there, or set gateway.compete: true to take it"
+            )
+        if not status.authenticated or status.competing:
+            self.state = "session_down"
+            log.info("the brokerage session is down; asking the gateway to open it (ssodh/init)")
+            self._note_session(await session.init_brokerage_session(compete=self.gateway.compete))
+            status = await session.tickle()
+            self._note_session(status)
+            if not status.authenticated:
+                detail = f" ({status.message})" if status.message else ""
+                raise GatewaySessionDown(
+                    "the gateway is logged in but its brokerage session is not authenticated"
+                    f"{detail}; retrying ssodh/init (is the account logged in elsewhere?)"
+                )
+        assert status.session is not None  # tickle always has one
+        self.accounts = await session.accounts()
+        self.gateway_info["accounts"] = list(self.accounts)
+        return status.session
+
+    def _note_session(self, status: SessionStatus) -> None:
+        info = self.gateway_info
+        for key, value in (
+            ("authenticated", status.authenticated),
+            ("competing", status.competing),
+            ("server_name", status.server_name),
+            ("server_version", status.server_version),
+        ):
+            if value is not None:
+                info[key] = value
+
     async def _on_open(self) -> None:
+        self._opened = True
         self.connect_count += 1
         self._last_frame = trio.current_time()
         self._wall_offset = time.time() - self._last_frame
         self._ready_event = trio.Event()
-        self.connected = True
-        self.state = "connected"
         if self.connect_count > 1:
             # Everything the gateway sent while we were away is gone upstream.
             self.reconnect_count += 1
@@ -338,14 +414,16 @@ class Connector:
                 disconnected_at=self._disconnected_at,
                 reconnected_at=format_ts(),
             )
-        log.info("gateway websocket open (epoch %d)", self.hub.reset_epoch)
+        log.info(
+            "gateway websocket open (epoch %d); waiting for its ready frame", self.hub.reset_epoch
+        )
 
     # ------------------------------------------------------------ conn tasks
 
     async def _read_loop(self, ws: Transport, session_id: str) -> None:
         hub = self.hub
         frames = self.frames
-        capture_other = self.settings.capture_other
+        capture_other = self.events.capture_other
         publish = hub.publish_json
         clock = trio.current_time
         event_kind = FrameKind.EVENT
@@ -359,6 +437,7 @@ class Connector:
                     self.end_connection(f"socket closed by the gateway (code {exc.code})")
                 return
             self._last_frame = clock()
+            self._frame_seen = True
             for message in batch:
                 if isinstance(message, bytes):
                     frames["binary"] += 1
@@ -382,10 +461,11 @@ class Connector:
         """Everything but a data event: ready, the echo, sts, session, errors."""
         kind = frame.kind
         if kind is FrameKind.READY:
-            self._on_ready()
+            self._on_ready(frame.data)
             if self._subscribed_early:
                 # Our subscriptions went out before ready and were dropped.
                 await self._subscribe_all(ws)
+                self._request_resync()
         elif kind is FrameKind.ECHO:
             # The gateway answers ech+hb with the raw text "ech+hb", in order
             # with everything else: once it is back, nothing subscribed before
@@ -402,26 +482,44 @@ class Connector:
         elif kind is FrameKind.ERROR:
             log.warning("gateway error frame: %.200s", message)
 
-    def _on_ready(self) -> None:
+    def _request_resync(self) -> None:
+        # Subscribed first, so nothing that changes from now on is missed.
+        if self.resyncer is not None:
+            self.resyncer.request()
+
+    def _on_ready(self, greeting: dict[str, Any] | None) -> None:
+        """The gateway's ``system`` greeting: subscriptions are honoured from now on."""
         self._ready = True
         self._ready_event.set()
+        self.connected = True
+        self.state = "connected"
+        self.last_error = None  # a healthy connection clears what failed before
+        if greeting:
+            username = greeting.get("success")
+            if isinstance(username, str):
+                self.gateway_info["username"] = username
+            is_paper = greeting.get("isPaper")
+            if isinstance(is_paper, bool):
+                self.gateway_info["is_paper"] = is_paper
+        log.info("gateway ready (epoch %d)", self.hub.reset_epoch)
 
     async def _wait_ready(self) -> None:
         self._subscribed_early = False
         if self._ready:
             return
-        with trio.move_on_after(self.settings.ready_timeout):
+        with trio.move_on_after(self.events.ready_timeout):
             await self._ready_event.wait()
             return
         self._subscribed_early = True
-        log.warning(
-            "no ready frame from the gateway within %.1f s; subscribing anyway "
-            "(and again when it arrives)",
-            self.settings.ready_timeout,
+        self.state = "gateway_silent"
+        self.last_error = (
+            f"the gateway's WebSocket opened but sent no ready frame within "
+            f"{self.events.ready_timeout:g} s (is its brokerage session up?); still waiting"
         )
+        log.warning("%s; subscribing anyway (and again when it arrives)", self.last_error)
 
     async def _subscribe_all(self, ws: Transport) -> None:
-        for channel in self.settings.channels:
+        for channel in self.events.channels:
             await self._send(ws, CHANNEL_COMMANDS[channel][0])
         self.subscribed_conids.clear()
         await self._sync_conids(ws)
@@ -429,37 +527,37 @@ class Connector:
             self._subscribed_early = False
 
     async def _sync_conids(self, ws: Transport) -> None:
-        wanted = set(self.hub.wanted_conids())
+        wanted = set(self.wants.wanted())
         for conid in sorted(self.subscribed_conids - wanted):
             await self._send(ws, md_unsubscribe(conid))
             self.subscribed_conids.discard(conid)
         for conid in sorted(wanted - self.subscribed_conids):
-            await self._send(ws, md_subscribe(conid, self.settings.md_fields))
+            await self._send(ws, md_subscribe(conid, self.events.marketdata.fields))
             self.subscribed_conids.add(conid)
 
     async def _wants_loop(self, ws: Transport) -> None:
-        interval = self.settings.resubscribe_interval
+        interval = self.events.marketdata.resubscribe_interval
         deadline = trio.current_time() + interval
         while True:
             # Take the event before syncing, so a want recorded while we send
             # is never missed.
-            changed = self.hub.wants_changed
+            changed = self.wants.changed
             await self._sync_conids(ws)
             with trio.move_on_at(deadline):
                 await changed.wait()
             if trio.current_time() >= deadline:
                 # The gateway expires market-data subscriptions after ~10-15 min.
                 for conid in sorted(self.subscribed_conids):
-                    await self._send(ws, md_subscribe(conid, self.settings.md_fields))
+                    await self._send(ws, md_subscribe(conid, self.events.marketdata.fields))
                 deadline = trio.current_time() + interval
 
     async def _idle_reaper(self) -> None:
-        idle = self.settings.idle_unsubscribe
+        idle = self.events.marketdata.idle_unsubscribe
         if idle <= 0:
             return
         while True:
             await trio.sleep(max(idle / 4, 0.01))
-            for conid in self.hub.expire_idle_conids(idle):
+            for conid in self.wants.expire_idle(idle):
                 log.info("market data for conid %d idle for %.0f s; unsubscribing", conid, idle)
 
     async def _keepalive(self, ws: Transport) -> None:
@@ -477,22 +575,29 @@ class Connector:
 
     async def _tickle_loop(self, session: GatewaySession) -> None:
         while True:
-            await trio.sleep(self.settings.tickle_interval)
+            await trio.sleep(self.gateway.tickle_interval)
             try:
-                await session.tickle()
+                status = await session.tickle()
+            except GatewayNeedsLogin as exc:
+                # The login is gone: the socket will only heartbeat from now on.
+                self._record_failure(exc.state, exc.reason, str(exc))
+                self.drain_connection(f"keepalive failed: {exc}")
+                return
             except GatewayError as exc:
-                # A 401 means the session is gone and the socket will only
-                # heartbeat from now on; a network hiccup is judged by the
-                # heartbeat watchdog instead.
-                self.last_error = str(exc)
-                if "401" in str(exc) or "not authenticated" in str(exc):
-                    self.drain_connection(f"keepalive failed: {exc}")
-                    return
+                # A network hiccup is judged by the heartbeat watchdog instead.
+                log.warning("keepalive tickle failed: %s", exc)
+                continue
+            self._note_session(status)
+            if status.authenticated is False or status.competing:
+                # Reconnecting runs the brokerage-session recovery first.
+                self.state = "competing" if status.competing else "session_down"
+                self.drain_connection(f"keepalive: the brokerage session is {self.state}")
+                return
 
     async def _watchdog(self) -> None:
         # One check per interval instead of a timeout around every read: a
         # cancel scope per frame costs more than the frame (PERF.md).
-        timeout = self.settings.heartbeat_timeout
+        timeout = self.events.heartbeat_timeout
         while True:
             silent_for = trio.current_time() - self._last_frame
             if silent_for >= timeout:

@@ -1,11 +1,12 @@
 """``bezant-trio record``: write a real gateway session to JSON Lines for replay.
 
-It speaks the gateway protocol as a client, with the daemon's own parts:
-``POST /tickle`` through :class:`~bezant_trio.cpapi.session.GatewaySession`,
-the WebSocket through :func:`~bezant_trio.cpapi.transport.open_transport`. It
-records the REST answers of ``/tickle``, ``/iserver/auth/status`` and
-``/iserver/accounts`` (asked before subscribing: the orders stream stays
-silent otherwise), waits for the ready greeting, sends the subscriptions asked
+It speaks the gateway protocol as a client, with the daemon's own parts: REST
+through :class:`~bezant_trio.cpapi.session.GatewaySession` (``POST /tickle``
+for the session, then the answers of ``/tickle``, ``/iserver/auth/status``
+and ``/iserver/accounts``, asked before subscribing: the orders stream stays
+silent otherwise), the WebSocket through
+:func:`~bezant_trio.cpapi.transport.open_transport`. It waits for the ready
+greeting, sends the subscriptions asked
 for on the command line and ``ech+hb`` every 30 s, and writes every frame
 received and every command sent with its time since the start, in the format
 ``bezant-trio simulate --replay`` plays (``simulator/replay.py``).
@@ -30,7 +31,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import trio
 
@@ -56,7 +56,7 @@ READY_TIMEOUT = 5.0
 #: At the end, how long to wait for the echo of the closing ``ech+hb``.
 DRAIN_TIMEOUT = 2.0
 #: The REST answers recorded before the WebSocket opens.
-RECORDED_REST = (("GET", "/iserver/auth/status"), ("GET", "/iserver/accounts"))
+RECORDED_REST = ("/tickle", "/iserver/auth/status", "/iserver/accounts")
 DEFAULT_FIELDS = ("31", "84", "86", "85", "88", "87")
 _ZERO_SESSION = "0" * 32
 
@@ -97,28 +97,16 @@ class Recorder:
         await self.write({"dir": "in", "text": message})
 
 
-async def _record_rest(
-    recorder: Recorder, client: httpx.AsyncClient, base: str, method: str, path: str
-) -> None:
+async def _record_rest(recorder: Recorder, session: GatewaySession, path: str) -> None:
     try:
-        response = await client.request(method, base + path)
-    except httpx.HTTPError as exc:
+        body = await session.get_json(path)
+    except GatewayError as exc:
         await recorder.write(
-            {"dir": "meta", "event": "rest_failed", "path": path, "error": describe(exc)}
+            {"dir": "meta", "event": "rest_failed", "path": path, "error": str(exc)}
         )
         return
-    try:
-        body: Any = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        body = response.text[:2000]
     await recorder.write(
-        {
-            "dir": "rest",
-            "method": method,
-            "path": path,
-            "status": response.status_code,
-            "body": body,
-        }
+        {"dir": "rest", "method": "GET", "path": path, "status": 200, "body": body}
     )
 
 
@@ -157,12 +145,12 @@ async def record_session(
             )
             # tickle() first: it turns a gateway that is down or logged out
             # into an error that says what to check.
-            session_id = await session.tickle()
+            status = await session.tickle()
+            session_id = status.session
+            assert session_id is not None  # tickle() raises without one
             recorder.redact(session_id)
-            verify: Any = session.ssl_context() or True
-            async with httpx.AsyncClient(verify=verify, timeout=request_timeout) as client:
-                for method, path in (("POST", "/tickle"), *RECORDED_REST):
-                    await _record_rest(recorder, client, session.base_url, method, path)
+            for path in RECORDED_REST:
+                await _record_rest(recorder, session, path)
             received = await _record_socket(
                 recorder, session, session_id, commands, started + duration, stop
             )

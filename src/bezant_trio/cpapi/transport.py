@@ -7,7 +7,7 @@ implementations:
     wsproto driven straight on a trio stream. One ``receive_some`` can hold
     hundreds of frames; :meth:`WsprotoTransport.receive_batch` parses them all
     and hands them over as one list, so a frame costs no task switch, no
-    memory-channel send and no scheduler pass (bench/ANALYSIS.md, P8). Nothing
+    memory-channel send and no scheduler pass (bench/ANALYSIS.md). Nothing
     received is ever discarded: when the peer closes or breaks the protocol,
     the messages read before that point are returned first and the close is
     raised on the next call.

@@ -1,72 +1,63 @@
-"""The Quart-Trio app: the REST surface of DESIGN.md §4.
+"""The Quart-Trio app: the REST surface (docs/api.md), every route and every error.
 
 Reads only from the hub (``bezant_trio.store.hub``) and from status callables
 the daemon hands in; never imports the connector. Responses reuse each
 event's pre-encoded JSON bytes: nothing is re-serialised per request. Plain
-polls are answered in front of Quart by ``http.fastpath`` (same bytes, see
-``HttpContext.fast_polls``); everything else, every error included, is here.
+polls are answered in front of Quart by ``http.fastpath`` (same bytes);
+everything else, every error included, is here.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from bezant_trio.http.context import HttpContext
 from bezant_trio.http.errors import UNAUTHORIZED_MESSAGE, ApiError, error_response, json_response
 from bezant_trio.http.fastpath import FastPolls
+from bezant_trio.http.metrics import CONTENT_TYPE, DaemonMetrics
 from bezant_trio.http.openapi import openapi_spec
-from bezant_trio.http.params import bearer_matches, check_topic, conid_of, int_arg
+from bezant_trio.http.params import bearer_matches, check_topic, int_arg, want_conid
 from bezant_trio.http.poll import events_body, poll_args, read_poll
 from bezant_trio.http.sse import SseStreams
-from bezant_trio.model import parse_ts
-from bezant_trio.store.hub import Hub, HubRead, TooManyConids, marketdata_topic
+from bezant_trio.model import conid_of, marketdata_topic, parse_ts
+from bezant_trio.store.hub import Hub, HubRead
 
-__all__ = ["HttpContext", "create_app"]
+__all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
+#: Health probes answer without the token (orchestrators probe without secrets).
+HEALTH_ROUTES = frozenset({"/health", "/health/live", "/health/ready"})
 HISTORY_DEFAULT_LIMIT = 500
 HISTORY_MAX_LIMIT = 5000
 
 
-@dataclass
-class HttpContext:
-    """What the HTTP layer needs from the rest of the daemon."""
+def create_app(
+    ctx: HttpContext,
+    *,
+    streams: SseStreams | None = None,
+    fast_polls: FastPolls | None = None,
+    metrics: DaemonMetrics | None = None,
+) -> QuartTrio:
+    """Build the app; serve it with ``hypercorn.trio.serve``.
 
-    hub: Hub | None
-    token: str | None = None
-    #: Extra ``_status`` fields (connector, sinks), merged over the hub's.
-    status_extra: Callable[[], dict[str, Any]] = dict
-    #: ``(status, body)`` for ``/health``.
-    health: Callable[[], tuple[int, dict[str, Any]]] = lambda: (200, {"status": "ok"})
-    #: Prometheus text for ``/metrics``; ``None`` answers 404.
-    metrics: Callable[[], Awaitable[bytes] | bytes] | None = None
-    #: Whether ``/events/{topic}/history`` can be served (the log is on).
-    history_enabled: Callable[[], bool] = lambda: False
-    #: ``GET /events/{topic}/stream`` (Server-Sent Events) and its settings.
-    streams: SseStreams = field(default_factory=SseStreams)
-    #: The ASGI fast path in front of Quart for plain polls (on by default).
-    fast_polls: FastPolls = field(default_factory=FastPolls)
-    #: Extra registrars (request metrics, ...) get the app and this context.
-    extensions: list[Callable[[QuartTrio, HttpContext], None]] = field(default_factory=list)
-
-
-def create_app(ctx: HttpContext) -> QuartTrio:
-    """Build the app; serve it with ``hypercorn.trio.serve``."""
+    ``streams`` serves ``/events/{topic}/stream``, ``fast_polls`` answers
+    plain polls in front of Quart (both built fresh when not given);
+    ``metrics`` answers ``/metrics`` and counts every request (404 without).
+    """
+    streams = streams if streams is not None else SseStreams()
+    fast_polls = fast_polls if fast_polls is not None else FastPolls()
     app = QuartTrio("bezant_trio")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
     @app.before_request
     async def _authenticate() -> Response | None:
-        if ctx.token is None or request.path == "/health":
+        if ctx.token is None or request.path in HEALTH_ROUTES:
             return None
         if not bearer_matches(request.headers.get("authorization", ""), ctx.token):
             return error_response(401, "unauthorized", UNAUTHORIZED_MESSAGE)
@@ -100,18 +91,25 @@ def create_app(ctx: HttpContext) -> QuartTrio:
         status, body = ctx.health()
         return json_response(body, status=status)
 
+    @app.get("/health/live")
+    async def health_live() -> Response:
+        # The process runs and answers: all a liveness probe asks.
+        return json_response({"status": "alive"})
+
+    @app.get("/health/ready")
+    async def health_ready() -> Response:
+        status, body = ctx.readiness()
+        return json_response(body, status=status)
+
     @app.get("/openapi.json")
     async def openapi() -> Response:
         return json_response(openapi_spec())
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        if ctx.metrics is None:
+    async def metrics_text() -> Response:
+        if metrics is None:
             raise ApiError(404, "not_found", "metrics are not enabled")
-        body = ctx.metrics()
-        if not isinstance(body, bytes):
-            body = await body
-        return Response(body, content_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics.render(), content_type=CONTENT_TYPE)
 
     @app.get("/events/_status")
     async def events_status() -> Response:
@@ -128,30 +126,23 @@ def create_app(ctx: HttpContext) -> QuartTrio:
             raise ApiError(
                 400, "invalid_query", "conid is required: /events/marketdata?conid=265598"
             )
-        try:
-            hub.want_conid(conid)
-        except TooManyConids as exc:
-            raise ApiError(429, "too_many_conids", str(exc)) from None
+        want_conid(ctx.wants, conid)
         return await _poll(hub, marketdata_topic(conid))
 
     @app.get("/events/<topic>")
     async def events_topic(topic: str) -> Response:
         hub = _require_hub(ctx)
         check_topic(topic)
-        if topic.startswith("marketdata:"):
-            conid = conid_of(topic)
-            if conid is not None:
-                try:
-                    hub.want_conid(conid)
-                except TooManyConids as exc:
-                    raise ApiError(429, "too_many_conids", str(exc)) from None
+        conid = conid_of(topic)
+        if conid is not None:
+            want_conid(ctx.wants, conid)
         return await _poll(hub, topic)
 
     @app.get("/events/<topic>/history")
     async def events_history(topic: str) -> Response:
         hub = _require_hub(ctx)
         check_topic(topic)
-        if not ctx.history_enabled() or hub.event_log is None:
+        if hub.event_log is None:
             raise ApiError(
                 503,
                 "events_history_disabled",
@@ -177,11 +168,7 @@ def create_app(ctx: HttpContext) -> QuartTrio:
                 ) from None
         if since_ts is None and since_cursor is None:
             since_cursor = 0
-        events = await trio.to_thread.run_sync(
-            lambda: hub.event_log.history(
-                topic, since_ts=since_ts, since_cursor=since_cursor, limit=limit
-            )
-        )
+        events = await hub.history(topic, since_ts=since_ts, since_cursor=since_cursor, limit=limit)
         body = b"".join(
             (
                 b'{"topic":"',
@@ -195,10 +182,66 @@ def create_app(ctx: HttpContext) -> QuartTrio:
         )
         return json_response(body)
 
-    ctx.streams.install(app, ctx)
-    for extend in ctx.extensions:
-        extend(app, ctx)
-    ctx.fast_polls.install(app, ctx)
+    @app.get("/state/orders")
+    async def state_orders() -> Response:
+        hub = _require_hub(ctx)
+        return json_response(hub.state.answer(hub.state.orders, hub.reset_epoch))
+
+    @app.get("/state/orders/<orderId>")
+    async def state_order(orderId: str) -> Response:  # the name of DESIGN's path
+        order_id = orderId
+        hub = _require_hub(ctx)
+        view = hub.state.orders
+        hub.state.prune()
+        record = view.items.get(order_id)
+        if record is None:
+            raise ApiError(
+                404,
+                "unknown_order",
+                f"no order {order_id[:40]!r} in the state (finished orders are kept for "
+                "events.finished_orders_ttl); see GET /state/orders",
+            )
+        return json_response(
+            {"cursor": view.cursor, "reset_epoch": hub.reset_epoch, "item": record}
+        )
+
+    @app.get("/state/marketdata")
+    async def state_marketdata() -> Response:
+        hub = _require_hub(ctx)
+        conid = int_arg("conid", None, minimum=1)
+        if conid is None:
+            hub.state.prune()
+            items = {
+                str(c): v.items.get("quote", {})
+                for c, v in sorted(hub.state.quotes.items())
+                if c in ctx.wants
+            }
+            cursors = {
+                str(c): v.cursor for c, v in sorted(hub.state.quotes.items()) if c in ctx.wants
+            }
+            return json_response(
+                {"cursors": cursors, "reset_epoch": hub.reset_epoch, "items": items}
+            )
+        want_conid(ctx.wants, conid)  # a quote asked for is subscribed, like a poll
+        view = hub.state.quote(conid)
+        return json_response(
+            {
+                "cursor": view.cursor if view is not None else 0,
+                "reset_epoch": hub.reset_epoch,
+                "conid": conid,
+                "item": view.items.get("quote", {}) if view is not None else {},
+            }
+        )
+
+    @app.get("/state/pnl")
+    async def state_pnl() -> Response:
+        hub = _require_hub(ctx)
+        return json_response(hub.state.answer(hub.state.pnl, hub.reset_epoch))
+
+    streams.install(app, ctx)
+    if metrics is not None:
+        metrics.install(app, fast_polls)
+    fast_polls.install(app, ctx)
     return app
 
 
@@ -210,18 +253,39 @@ async def _poll(hub: Hub, topic: str) -> Response:
 
 def _answer(hub: Hub, topic: str, since: int, answer: HubRead) -> Response:
     if answer.expired:
-        return error_response(
-            412,
-            "cursor_expired",
-            f"events of {topic} after cursor {since} are no longer kept; "
-            f"resume from head_cursor (events in between were missed)",
-            head_cursor=answer.head_cursor,
-            reset_epoch=hub.reset_epoch,
-        )
+        return expired_response(hub, topic, since, answer)
     if not answer.events and answer.known:
         return Response(b"", status=204, headers={"x-bezant-cursor": str(answer.next_cursor)})
     body = events_body(answer, hub.reset_epoch)
     return json_response(body, headers={"x-bezant-cursor": str(answer.next_cursor)})
+
+
+def expired_response(hub: Hub, topic: str, since: int, answer: HubRead) -> Response:
+    """The ``412 cursor_expired`` (docs/api.md, "Recovering from 412").
+
+    ``head_cursor`` is the oldest cursor still available, as bezant-server
+    means it: resuming with ``since = head_cursor - 1`` loses only what is gone.
+    """
+    oldest = answer.oldest_cursor if answer.oldest_cursor is not None else answer.head_cursor + 1
+    if answer.ahead:
+        message = (
+            f"cursor {since} of {topic} is ahead of the newest event ({answer.head_cursor}); "
+            "the daemon restarted without a log, so cursors started again: "
+            f"resume with since={oldest - 1} to read everything kept"
+        )
+    else:
+        message = (
+            f"events of {topic} after cursor {since} up to {oldest - 1} are no longer kept; "
+            f"resume with since={oldest - 1} (head_cursor - 1) to read everything still kept"
+        )
+    return error_response(
+        412,
+        "cursor_expired",
+        message,
+        head_cursor=oldest,
+        newest_cursor=answer.head_cursor,
+        reset_epoch=hub.reset_epoch,
+    )
 
 
 def _require_hub(ctx: HttpContext) -> Hub:

@@ -1,7 +1,7 @@
 """The ASGI fast path in front of Quart for the hot read: plain polls of ``GET /events/...``.
 
 Through Quart a poll costs a request context, werkzeug routing and the
-hooks: several times the daemon's own work for it (bench/ANALYSIS.md, P9).
+hooks: several times the daemon's own work for it (bench/ANALYSIS.md).
 This layer answers the polls it is sure about itself, ``GET /events/<topic>``
 and ``GET /events/marketdata?conid=N`` with a well-formed query and no
 request body, by calling the hub through the same code as the Quart route
@@ -20,20 +20,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import trio
+from quart_trio import QuartTrio
 
+from bezant_trio.http.context import HttpContext
 from bezant_trio.http.errors import UNAUTHORIZED_MESSAGE, ApiError
-from bezant_trio.http.params import TOPIC_RE, bearer_matches, conid_of, parse_int
+from bezant_trio.http.params import bearer_matches, parse_int
 from bezant_trio.http.poll import PollArgs, events_body, poll_args, should_wait, wait_and_read
-from bezant_trio.store.hub import Hub, HubRead, TooManyConids, marketdata_topic
-
-if TYPE_CHECKING:
-    from quart_trio import QuartTrio
-
-    from bezant_trio.http.app import HttpContext
+from bezant_trio.model import TOPIC_RE, conid_of, marketdata_topic
+from bezant_trio.store.hub import Hub, HubRead
+from bezant_trio.wants import TooManyConids
 
 __all__ = ["FastPolls"]
 
@@ -157,8 +156,7 @@ class _FastPollApp:
                     return None
                 conid: int | None = parse_int("conid", raw_conid, minimum=1)
                 return _Poll(route, marketdata_topic(conid), conid, poll_args(query))
-            conid = conid_of(name) if name.startswith("marketdata:") else None
-            return _Poll(route, name, conid, poll_args(query))
+            return _Poll(route, name, conid_of(name), poll_args(query))
         except ApiError:
             return None
 
@@ -167,7 +165,7 @@ class _FastPollApp:
         assert hub is not None  # _plan checked it
         if poll.conid is not None:
             try:
-                hub.want_conid(poll.conid)
+                self._ctx.wants.want(poll.conid)
             except TooManyConids:
                 # Nothing was recorded: Quart asks again and answers the 429.
                 self._polls.passed_on += 1

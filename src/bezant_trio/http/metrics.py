@@ -17,7 +17,7 @@ Reads the hub and status callables; never imports the connector or sinks.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -33,10 +33,9 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from bezant_trio import __version__
+from bezant_trio.http.fastpath import FastPolls
 from bezant_trio.store.hub import Hub
-
-if TYPE_CHECKING:
-    from bezant_trio.http.app import HttpContext
+from bezant_trio.wants import Wants
 
 __all__ = ["CONTENT_TYPE", "DaemonMetrics"]
 
@@ -65,9 +64,16 @@ class DaemonMetrics:
         capacity_for: Callable[[str], int] | None = None,
         in_flight: Callable[[], int] | None = None,
         sse_clients: Callable[[], int] | None = None,
+        wants: Wants | None = None,
         process: bool = True,
     ) -> None:
         self.hub = hub
+        self.connector_status = connector_status
+        self.sinks_status = sinks_status
+        self.capacity_for = capacity_for
+        self.in_flight = in_flight
+        self.sse_clients = sse_clients
+        self.wants = wants
         self.registry = CollectorRegistry(auto_describe=True)
         self.commit_seconds = Histogram(
             "bezant_log_commit_seconds",
@@ -84,16 +90,7 @@ class DaemonMetrics:
         #: (route template, method, status) -> requests answered.
         self.http_requests: dict[tuple[str, str, str], int] = {}
         hub.commit_observers.append(self.observe_commit)
-        self.registry.register(
-            _LiveCollector(
-                self,
-                connector_status=connector_status,
-                sinks_status=sinks_status,
-                capacity_for=capacity_for,
-                in_flight=in_flight,
-                sse_clients=sse_clients,
-            )
-        )
+        self.registry.register(_LiveCollector(self))
         if process:
             # The default registry's process/platform/GC collectors are stateless readers.
             for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
@@ -104,8 +101,8 @@ class DaemonMetrics:
         self.commit_seconds.observe(latency)
         self.commit_events.observe(count)
 
-    def install(self, app: QuartTrio, ctx: HttpContext) -> None:
-        """An ``HttpContext.extensions`` registrar: count every answered request.
+    def install(self, app: QuartTrio, fast_polls: FastPolls) -> None:
+        """Count every answered request (``create_app`` calls this).
 
         Quart's answers are counted by an ``after_request`` hook; the polls the
         fast path answers without Quart (``http.fastpath``) report here too.
@@ -119,8 +116,8 @@ class DaemonMetrics:
             )
             return response
 
-        if self.count_request not in ctx.fast_polls.observers:
-            ctx.fast_polls.observers.append(self.count_request)
+        if self.count_request not in fast_polls.observers:
+            fast_polls.observers.append(self.count_request)
 
     def count_request(self, route: str, method: str, status: int) -> None:
         """Count one answered request under its route template (no lock, no label lookup)."""
@@ -136,22 +133,8 @@ class DaemonMetrics:
 class _LiveCollector(Collector):
     """Reads the live status dicts at scrape time."""
 
-    def __init__(
-        self,
-        metrics: DaemonMetrics,
-        *,
-        connector_status: Callable[[], dict[str, Any] | None],
-        sinks_status: Callable[[], dict[str, dict[str, Any]]],
-        capacity_for: Callable[[str], int] | None,
-        in_flight: Callable[[], int] | None,
-        sse_clients: Callable[[], int] | None,
-    ) -> None:
+    def __init__(self, metrics: DaemonMetrics) -> None:
         self._metrics = metrics
-        self._connector_status = connector_status
-        self._sinks_status = sinks_status
-        self._capacity_for = capacity_for
-        self._in_flight = in_flight
-        self._sse_clients = sse_clients
 
     def describe(self) -> list[Metric]:
         # Families are only known at scrape time; registering must not scrape.
@@ -163,8 +146,8 @@ class _LiveCollector(Collector):
         yield from _info()
         yield from self._hub_metrics(hub, status)
         yield from self._log_metrics(status.get("log"))
-        yield from self._connector_metrics(self._connector_status())
-        yield from self._sink_metrics(self._sinks_status())
+        yield from self._connector_metrics(self._metrics.connector_status())
+        yield from self._sink_metrics(self._metrics.sinks_status())
         yield from self._http_metrics(status)
 
     def _hub_metrics(self, hub: Hub, status: dict[str, Any]) -> Iterator[Metric]:
@@ -188,11 +171,11 @@ class _LiveCollector(Collector):
         for topic, size in status["buffer_sizes"].items():
             ring.add_metric([topic], size)
             head.add_metric([topic], status["head_cursors"].get(topic, 0))
-            if self._capacity_for is not None:
-                capacity.add_metric([topic], self._capacity_for(topic))
+            if self._metrics.capacity_for is not None:
+                capacity.add_metric([topic], self._metrics.capacity_for(topic))
         yield head
         yield ring
-        if self._capacity_for is not None:
+        if self._metrics.capacity_for is not None:
             yield capacity
         yield GaugeMetricFamily(
             "bezant_reset_epoch", "The current reset epoch.", value=status["reset_epoch"]
@@ -200,7 +183,7 @@ class _LiveCollector(Collector):
         yield GaugeMetricFamily(
             "bezant_wanted_conids",
             "Market-data conids some poller wants.",
-            value=len(status["wanted_conids"]),
+            value=len(self._metrics.wants) if self._metrics.wants is not None else 0,
         )
         yield GaugeMetricFamily(
             "bezant_hub_waiters",
@@ -248,6 +231,28 @@ class _LiveCollector(Collector):
             "Reconnects to the gateway since the process started.",
             value=(connector or {}).get("reconnect_count", 0),
         )
+        attempts = CounterMetricFamily(
+            "bezant_gateway_connect_attempts",
+            "Connection attempts to the gateway since the process started.",
+            value=(connector or {}).get("connect_attempts", 0),
+        )
+        yield attempts
+        failures = CounterMetricFamily(
+            "bezant_gateway_connect_failures",
+            "Failed connection attempts by reason (timeout, refused, needs_login, no_ready, ...).",
+            labels=["reason"],
+        )
+        for reason, count in (connector or {}).get("failed_attempts", {}).items():
+            failures.add_metric([reason], count)
+        yield failures
+        state = GaugeMetricFamily(
+            "bezant_gateway_state",
+            "1 for the state the gateway connection is in (docs/api.md, gateway states).",
+            labels=["state"],
+        )
+        if connector is not None:
+            state.add_metric([str(connector.get("state", "unknown"))], 1)
+        yield state
         frames = CounterMetricFamily(
             "bezant_gateway_frames", "Frames received from the gateway by kind.", labels=["kind"]
         )
@@ -293,15 +298,17 @@ class _LiveCollector(Collector):
         for (route, method, code), count in sorted(self._metrics.http_requests.items()):
             requests.add_metric([route, method, code], count)
         yield requests
-        if self._in_flight is not None:
+        if self._metrics.in_flight is not None:
             yield GaugeMetricFamily(
                 "bezant_http_requests_in_flight",
                 "HTTP requests being answered (long-polls and streams included).",
-                value=self._in_flight(),
+                value=self._metrics.in_flight(),
             )
-        if self._sse_clients is not None:
+        if self._metrics.sse_clients is not None:
             yield GaugeMetricFamily(
-                "bezant_sse_clients", "Open Server-Sent Events streams.", value=self._sse_clients()
+                "bezant_sse_clients",
+                "Open Server-Sent Events streams.",
+                value=self._metrics.sse_clients(),
             )
 
 

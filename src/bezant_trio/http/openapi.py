@@ -44,8 +44,8 @@ _SINCE = {
 _LIMIT = {
     "name": "limit",
     "in": "query",
-    "description": "Most events to return; values above 1000 are capped at 1000.",
-    "schema": {"type": "integer", "minimum": 1, "maximum": 999999999999999999, "default": 100},
+    "description": "Most events to return; 0 counts as 1, values above 1000 are capped at 1000.",
+    "schema": {"type": "integer", "minimum": 0, "maximum": 999999999999999999, "default": 100},
 }
 _WAIT = {
     "name": "wait",
@@ -74,7 +74,7 @@ _NO_CONTENT = {
     },
 }
 _EXPIRED = {
-    "description": "Events after `since` are gone (retention, or evicted with the log off): resume at head_cursor.",
+    "description": "Events after `since` are gone (retention, evicted with the log off, or a cursor from before a restart without the log): resume with since = head_cursor - 1.",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CursorExpired"}}},
 }
 
@@ -112,11 +112,24 @@ def openapi_spec() -> dict[str, Any]:
                 },
                 "CursorExpired": {
                     "type": "object",
-                    "required": ["code", "message", "head_cursor", "reset_epoch"],
+                    "required": [
+                        "code",
+                        "message",
+                        "head_cursor",
+                        "newest_cursor",
+                        "reset_epoch",
+                    ],
                     "properties": {
                         "code": {"const": "cursor_expired"},
                         "message": {"type": "string"},
-                        "head_cursor": {"type": "integer"},
+                        "head_cursor": {
+                            "type": "integer",
+                            "description": "The oldest cursor still available: resume with since = head_cursor - 1.",
+                        },
+                        "newest_cursor": {
+                            "type": "integer",
+                            "description": "The newest cursor of the topic.",
+                        },
                         "reset_epoch": {"type": "integer"},
                     },
                 },
@@ -193,6 +206,35 @@ def openapi_spec() -> dict[str, Any]:
                         "log": {"type": ["string", "null"]},
                     },
                 },
+                "State": {
+                    "type": "object",
+                    "required": ["cursor", "reset_epoch", "items"],
+                    "properties": {
+                        "cursor": {
+                            "type": "integer",
+                            "description": "The topic cursor this state reflects: follow with since=cursor.",
+                        },
+                        "reset_epoch": {"type": "integer"},
+                        "items": {"type": "object"},
+                    },
+                },
+                "StateItem": {
+                    "type": "object",
+                    "required": ["cursor", "reset_epoch", "item"],
+                    "properties": {
+                        "cursor": {"type": "integer"},
+                        "reset_epoch": {"type": "integer"},
+                        "item": {"type": "object"},
+                    },
+                },
+                "Readiness": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {
+                        "status": {"enum": ["ready", "not_ready"]},
+                        "reason": {"type": "string"},
+                    },
+                },
             },
         },
         "security": [{"bearer": []}, {}],
@@ -233,6 +275,74 @@ def openapi_spec() -> dict[str, Any]:
                             )
                         }
                     ),
+                }
+            },
+            "/state/orders": {
+                "get": {
+                    "summary": "The latest record of every order, merged from sor updates and resyncs.",
+                    "responses": {
+                        "200": _json("Every order, by orderId.", "State"),
+                        "401": _UNAUTHORIZED,
+                        "503": _DISABLED,
+                    },
+                }
+            },
+            "/state/orders/{orderId}": {
+                "get": {
+                    "summary": "The latest record of one order.",
+                    "parameters": [
+                        {
+                            "name": "orderId",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "maxLength": 64},
+                        }
+                    ],
+                    "responses": {
+                        "200": _json("The order.", "StateItem"),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("No such order in the state.", "unknown_order", "not_found"),
+                        "503": _DISABLED,
+                    },
+                }
+            },
+            "/state/marketdata": {
+                "get": {
+                    "summary": "The current quote of a conid (subscribing it), or of every wanted conid.",
+                    "parameters": [
+                        {
+                            "name": "conid",
+                            "in": "query",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 999999999999999999,
+                            },
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The quote (with conid) or every quote (without).",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "400": _error("A bad conid.", "invalid_query"),
+                        "401": _UNAUTHORIZED,
+                        "429": _error(
+                            "More conids wanted than events.marketdata.max_conids.",
+                            "too_many_conids",
+                        ),
+                        "503": _DISABLED,
+                    },
+                }
+            },
+            "/state/pnl": {
+                "get": {
+                    "summary": "The latest PnL row per account key (DU1234.Core).",
+                    "responses": {
+                        "200": _json("Every row.", "State"),
+                        "401": _UNAUTHORIZED,
+                        "503": _DISABLED,
+                    },
                 }
             },
             "/events/{topic}": {
@@ -351,6 +461,36 @@ def openapi_spec() -> dict[str, Any]:
                     "responses": {
                         "200": _json("Serving (ok or degraded).", "Health"),
                         "503": _json("Starting or stopping.", "Health"),
+                    },
+                }
+            },
+            "/health/live": {
+                "get": {
+                    "summary": "Liveness: the process runs and answers; never needs the token.",
+                    "security": [{}],
+                    "responses": {
+                        "200": {
+                            "description": "Alive.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["status"],
+                                        "properties": {"status": {"const": "alive"}},
+                                    }
+                                }
+                            },
+                        }
+                    },
+                }
+            },
+            "/health/ready": {
+                "get": {
+                    "summary": "Readiness: connected to the gateway, receiving, the log writable.",
+                    "security": [{}],
+                    "responses": {
+                        "200": _json("Ready.", "Readiness"),
+                        "503": _json("Not ready; `reason` says why, in words.", "Readiness"),
                     },
                 }
             },

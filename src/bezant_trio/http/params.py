@@ -7,17 +7,14 @@ bad input answers 400 with the error envelope, never a stack trace.
 from __future__ import annotations
 
 import hmac
-import re
 
 from quart import request
 
 from bezant_trio.http.errors import ApiError
+from bezant_trio.model import TOPIC_RE
+from bezant_trio.wants import TooManyConids, Wants
 
-__all__ = ["TOPIC_RE", "bearer_matches", "check_topic", "conid_of", "int_arg", "parse_int"]
-
-#: Topic names: a family, optionally ``:`` and a key (``marketdata:265598``).
-#: ``\Z``, not ``$``: ``$`` also matches before a trailing newline ("orders\n").
-TOPIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}(:[A-Za-z0-9_.\-]{1,64})?\Z")
+__all__ = ["bearer_matches", "check_topic", "int_arg", "parse_int", "want_conid"]
 
 
 def check_topic(topic: str) -> None:
@@ -30,10 +27,12 @@ def check_topic(topic: str) -> None:
         )
 
 
-def conid_of(topic: str) -> int | None:
-    """The conid of a ``marketdata:<conid>`` topic, else None."""
-    key = topic.partition(":")[2]
-    return int(key) if key.isascii() and key.isdigit() and 0 < int(key) < 2**63 else None
+def want_conid(wants: Wants, conid: int) -> None:
+    """Record that a reader wants ``conid``; 429 ``too_many_conids`` past the limit."""
+    try:
+        wants.want(conid)
+    except TooManyConids as exc:
+        raise ApiError(429, "too_many_conids", str(exc)) from None
 
 
 def parse_int(name: str, raw: str, *, minimum: int) -> int:

@@ -51,16 +51,16 @@ def poll_args(args: Mapping[str, str]) -> PollArgs:
 
 
 def parse_limit(raw: str | None) -> int:
-    """``limit`` (default 100); larger than 1000 is capped, as bezant-server does."""
+    """``limit`` (default 100); 0 is 1 and more than 1000 is 1000, as bezant-server does."""
     if raw is None:
         return DEFAULT_LIMIT
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError(
             400,
             "invalid_query",
-            f"limit must be an integer from 1 to {MAX_LIMIT}, got {raw[:40]!r}",
+            f"limit must be an integer from 0 to {MAX_LIMIT} (0 counts as 1), got {raw[:40]!r}",
         )
-    return min(int(raw), MAX_LIMIT)
+    return max(1, min(int(raw), MAX_LIMIT))
 
 
 def parse_wait(raw: str | None) -> float:

@@ -12,10 +12,12 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.trio import serve
 
+from bezant_trio.errors import StartupError
+
 __all__ = ["STALL_TIMEOUT", "BindError", "InFlight", "hypercorn_config", "serve_http"]
 
 
-class BindError(Exception):
+class BindError(StartupError):
     """The HTTP socket could not be bound (address in use, no permission)."""
 
 

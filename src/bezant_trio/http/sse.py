@@ -9,7 +9,8 @@ its last id loses nothing, whatever happened in between.
 
 - A cursor older than what the daemon keeps gets one ``event: gap`` message
   (payload reason ``cursor_expired``, with ``skipped_from`` and
-  ``resumed_at``) whose ``id:`` is the head, and the stream goes on from there.
+  ``resumed_at``) whose ``id:`` is the cursor just before the oldest event
+  still kept, and the stream goes on from there: only what is gone is skipped.
 - ``: heartbeat`` comments every ``heartbeat`` seconds keep proxies from
   closing an idle stream.
 - Memory per client is bounded: the stream reads the next batch from the hub
@@ -30,20 +31,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import orjson
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from bezant_trio.http.context import HttpContext
 from bezant_trio.http.errors import ApiError
-from bezant_trio.http.params import check_topic, conid_of, int_arg, parse_int
-from bezant_trio.model import Event, GapReason, format_ts
-from bezant_trio.store.hub import Hub, TooManyConids
-
-if TYPE_CHECKING:
-    from bezant_trio.http.app import HttpContext
+from bezant_trio.http.params import check_topic, int_arg, parse_int, want_conid
+from bezant_trio.model import Event, GapReason, conid_of, format_ts
+from bezant_trio.store.hub import Hub
+from bezant_trio.wants import TooManyConids, Wants
 
 __all__ = ["SseSettings", "SseStreams"]
 
@@ -91,12 +90,9 @@ class SseStreams:
                 since = int_arg("since", 0, minimum=0) or 0
             conid = conid_of(topic)
             if conid is not None:
-                try:
-                    hub.want_conid(conid)
-                except TooManyConids as exc:
-                    raise ApiError(429, "too_many_conids", str(exc)) from None
+                want_conid(ctx.wants, conid)
             response = Response(
-                self._frames(hub, topic, since, conid),
+                self._frames(hub, ctx.wants, topic, since, conid),
                 status=200,
                 content_type="text/event-stream; charset=utf-8",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
@@ -106,7 +102,7 @@ class SseStreams:
             return response
 
     async def _frames(
-        self, hub: Hub, topic: str, cursor: int, conid: int | None
+        self, hub: Hub, wants: Wants, topic: str, cursor: int, conid: int | None
     ) -> AsyncIterator[bytes]:
         # No cancel scope or nursery spans a `yield` here: Quart drives this
         # generator from its own task, and Trio scopes must not cross a yield.
@@ -118,10 +114,13 @@ class SseStreams:
             )
             while True:
                 if conid is not None:
-                    _keep_wanted(hub, conid)
+                    _keep_wanted(wants, conid)
                 answer = await hub.read(topic, cursor, settings.batch)
                 if answer.expired:
-                    resume = _resume_cursor(cursor, answer.head_cursor)
+                    # Go on from the oldest event still kept: only what is gone is skipped.
+                    # (A cursor beyond the newest comes from another cursor space, a
+                    # restart without the log: everything kept is new to the client.)
+                    resume = max(0, (answer.oldest_cursor or answer.head_cursor + 1) - 1)
                     chunk = _gap_message(hub, topic, cursor, resume)
                     cursor = resume
                 elif answer.events:
@@ -151,17 +150,10 @@ class SseStreams:
             self.clients -= 1
 
 
-def _resume_cursor(since: int, head: int) -> int:
-    # A cursor beyond the head comes from another cursor space (a restart
-    # without the durable log): everything the topic holds now is new to the
-    # client. Otherwise the events up to the head are gone: go on from there.
-    return head if head >= since else 0
-
-
-def _keep_wanted(hub: Hub, conid: int) -> None:
+def _keep_wanted(wants: Wants, conid: int) -> None:
     # A stream is a poll that never ends: keep its conid from going idle.
     try:
-        hub.want_conid(conid)
+        wants.want(conid)
     except TooManyConids:
         pass  # it was wanted when the stream began; the events keep coming if it still is
 

@@ -1,9 +1,11 @@
 """Sinks: pluggy-registered destinations that events are delivered to.
 
-``hookspecs`` declares the plugin hooks, ``interface`` the contract a sink
-class follows, ``manager`` the delivery loops (one task per sink instance),
-and ``file``, ``webhook`` and ``testing`` the built-in sink types, which
-``builtin`` registers like any third-party plugin.
+``hookspecs`` declares the plugin hooks and ``interface`` the contract a sink
+class follows; ``plugins`` loads the plugins and calls their hooks, ``specs``
+checks the ``sinks:`` entries, ``runner`` is one sink's delivery task and
+``manager`` runs them all and stores their checkpoints. ``file``, ``webhook``
+and ``testing`` are the built-in sink types, which ``builtin`` registers like
+any third-party plugin.
 
 This package imports only the light contract modules, so ``import bezant_trio``
 stays cheap and free of import cycles.
@@ -18,6 +20,15 @@ from bezant_trio.sinks.interface import (
     Sink,
     SinkConfigError,
     SinkDisabled,
+    event_id,
 )
 
-__all__ = ["REQUIRED", "DeliveryError", "Option", "Sink", "SinkConfigError", "SinkDisabled"]
+__all__ = [
+    "REQUIRED",
+    "DeliveryError",
+    "Option",
+    "Sink",
+    "SinkConfigError",
+    "SinkDisabled",
+    "event_id",
+]

@@ -10,18 +10,25 @@ returns, so ``jq`` and the REST clients read both alike. Options: ``path``
 ``reopen()`` (SIGHUP) makes the next batch open ``path`` afresh, so an
 external ``logrotate`` can rename the file away and signal the daemon.
 
+The events are the account's orders and fills, so the file is created 0600
+(whatever the umask), and a symbolic link at ``path`` is refused rather than
+followed: someone who can write the directory must not be able to point the
+sink at another file it would then append to. A link there at start is a
+config error; one planted later fails the delivery (retried until removed).
+
 All file I/O runs in a worker thread; this module touches only its own file.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import IO
 
 import trio
 
 from bezant_trio.model import Event
-from bezant_trio.sinks.interface import Option
+from bezant_trio.sinks.interface import DeliveryError, Option
 
 __all__ = ["FileSink"]
 
@@ -36,6 +43,8 @@ def _file_path(value: str) -> str:
     if not value.strip():
         raise ValueError("must be a file path, got an empty string")
     path = os.path.abspath(os.path.expanduser(value))
+    if os.path.islink(path):
+        raise ValueError(f"must not be a symbolic link ({path}); point it at the file itself")
     if os.path.isdir(path):
         raise ValueError(f"{path} is a directory; point it at a file")
     parent = os.path.dirname(path)
@@ -94,7 +103,7 @@ class FileSink:
             self._reopen_requested = False
             self._close()
         if self._file is None:
-            self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open
+            self._file = self._open()
         size = os.fstat(self._file.fileno()).st_size
         if self.rotate_bytes is not None and size > 0 and size + len(data) > self.rotate_bytes:
             self._rotate()
@@ -124,7 +133,26 @@ class FileSink:
                 os.replace(older, f"{self.path}.{index + 1}")
         os.replace(self.path, f"{self.path}.1")
         self.rotations += 1
-        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open
+        self._file = self._open()
+
+    def _open(self) -> IO[bytes]:
+        """``path`` for appending: created 0600, never through a symbolic link."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            try:
+                fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                fd = os.open(self.path, flags)
+            else:
+                os.fchmod(fd, 0o600)  # the umask may have taken bits away
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DeliveryError(
+                    f"{self.path} is a symbolic link; the file sink does not follow links:"
+                    " remove it and delivery goes on"
+                ) from None
+            raise
+        return os.fdopen(fd, "ab", buffering=0)
 
     def _close(self) -> None:
         handle, self._file = self._file, None

@@ -14,6 +14,7 @@ A sink class (registered by a plugin's ``register_sink_types`` hook) has::
         async def deliver(self, batch: list[Event]) -> None: ...
         async def aclose(self) -> None: ...
         def reopen(self) -> None: ...                       # optional (SIGHUP)
+        def set_cursor_space(self, cursor_space: str) -> None: ...  # optional
 
 The manager validates a ``sinks:`` entry against ``options`` (unknown,
 missing or mistyped keys are a :class:`SinkConfigError` naming the sink), then
@@ -21,6 +22,12 @@ calls ``MySink(name, **options)``; a ``ValueError`` raised there is reported
 the same way. ``deliver`` gets events of one topic in cursor order; raising
 asks for a retry of the same batch (:class:`DeliveryError` can carry a
 ``retry_after`` hint), raising :class:`SinkDisabled` stops the sink for good.
+
+Delivery is at least once, so a destination may see an event twice. A sink
+that gives its destination ids to deduplicate on builds them with
+:func:`event_id` in the cursor space the manager hands ``set_cursor_space``
+(before the first delivery): ``(topic, cursor)`` alone is reused after a
+restart without the durable log, where cursors start at 1 again.
 
 This module owns only the contract: no Trio, no hub, no plugin manager.
 """
@@ -34,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from bezant_trio.model import Event
+from bezant_trio.util import first_line
 
 __all__ = [
     "REQUIRED",
@@ -42,6 +50,7 @@ __all__ = [
     "Sink",
     "SinkConfigError",
     "SinkDisabled",
+    "event_id",
     "normalise_option_specs",
     "validate_options",
 ]
@@ -74,6 +83,16 @@ class SinkDisabled(Exception):
     The sink stops delivering, its state becomes ``disabled``, and only a
     changed configuration (SIGHUP) or a restart starts it again.
     """
+
+
+def event_id(cursor_space: str, event: Event) -> str:
+    """``<cursor space>:<topic>:<cursor>``: the same for the same event, never for another.
+
+    The cursor space (``hub.cursor_space``) is one per durable log file, so an
+    event delivered again after a restart keeps its id; without the log it is
+    new at every start, so a reused cursor never repeats an id.
+    """
+    return f"{cursor_space}:{event.topic}:{event.cursor}"
 
 
 class _Required:
@@ -187,7 +206,7 @@ def _check_one(where: str, key: str, spec: Option, value: Any) -> Any:
         try:
             value = spec.check(value)
         except (ValueError, TypeError) as exc:
-            reason = "is not valid" if spec.secret else str(exc).splitlines()[0]
+            reason = "is not valid" if spec.secret else first_line(exc)
             raise SinkConfigError(f"{where}: option {key!r} {reason}") from None
     return value
 

@@ -1,11 +1,24 @@
 """The ``webhook`` sink: each batch POSTed as ``{"events": [...]}``, signed per Standard Webhooks.
 
-Headers (https://www.standardwebhooks.com): ``webhook-id`` is stable per
-batch, ``<topic>:<first cursor>-<last cursor>``, so a receiver can drop a
-batch it already took when a retry repeats it; ``webhook-timestamp`` is unix
-seconds; ``webhook-signature`` is ``v1,<base64 HMAC-SHA256 of
-"{id}.{timestamp}.{body}">`` keyed with the base64-decoded part of the
-``whsec_...`` secret (no signature without a secret).
+Ids, built in the hub's cursor space (``hub.cursor_space``: one per durable
+log file, a fresh one at every start without the log, where cursors start at
+1 again):
+
+- each event of the body carries its own ``id``,
+  ``<cursor space>:<topic>:<cursor>`` (:func:`~bezant_trio.sinks.interface.event_id`),
+  put in front of the event's own JSON bytes, which are never re-encoded. It
+  is the same whenever that event is delivered again (a retry, or a restart
+  on the same log that groups the events into other batches) and never the
+  id of another event: receivers deduplicate on it;
+- ``webhook-id`` (https://www.standardwebhooks.com) names the batch,
+  ``<cursor space>:<topic>:<first cursor>-<last cursor>``: the same on every
+  retry of the batch, never reused for other content after a restart, but
+  a batch regrouped after a restart gets a new one, so deduplicate per event.
+
+``webhook-timestamp`` is unix seconds; ``webhook-signature`` is
+``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` keyed with the
+base64-decoded part of the ``whsec_...`` secret (no signature without a
+secret).
 
 Answers: 2xx delivered; 410 disables the sink; 429 and 5xx are retried
 honouring ``Retry-After``; other statuses, timeouts and connection errors are
@@ -22,14 +35,17 @@ import binascii
 import email.utils
 import hashlib
 import hmac
+import secrets
 import time
 import urllib.parse
 from typing import Any
 
 import httpx
+import orjson
 
 from bezant_trio.model import Event
-from bezant_trio.sinks.interface import DeliveryError, Option, SinkDisabled
+from bezant_trio.sinks.interface import DeliveryError, Option, SinkDisabled, event_id
+from bezant_trio.util import first_line
 
 __all__ = ["WebhookSink", "decode_secret", "sign"]
 
@@ -125,6 +141,9 @@ class WebhookSink:
         #: The status of the last answer (None before the first, or after a network error).
         self.last_http_status: int | None = None
         self._client: httpx.AsyncClient | None = None
+        # Replaced by the manager's (set_cursor_space); a fresh one keeps ids
+        # unique when the sink is used on its own.
+        self._cursor_space = secrets.token_hex(8)
         # For messages: no userinfo, no query string (either may carry credentials).
         parts = urllib.parse.urlsplit(url)
         self._where = f"{parts.scheme}://{parts.hostname}" + (
@@ -139,10 +158,24 @@ class WebhookSink:
     def signed(self) -> bool:
         return self._key is not None
 
+    def set_cursor_space(self, cursor_space: str) -> None:
+        """The hub's cursor space, which every id is built in (see the module docstring)."""
+        self._cursor_space = cursor_space
+
+    def encode(self, batch: list[Event]) -> tuple[str, bytes]:
+        """The ``webhook-id`` and the body of ``batch`` (one topic, in cursor order)."""
+        space = self._cursor_space
+        # Each event's wire JSON with its id put in front: '{"id":"...",' + json[1:].
+        events = [
+            b'{"id":' + orjson.dumps(event_id(space, event)) + b"," + event.json[1:]
+            for event in batch
+        ]
+        body = b'{"events":[' + b",".join(events) + b"]}"
+        return f"{space}:{batch[0].topic}:{batch[0].cursor}-{batch[-1].cursor}", body
+
     async def deliver(self, batch: list[Event]) -> None:
         """POST ``batch``; raise DeliveryError to retry, SinkDisabled on 410."""
-        body = b'{"events":[' + b",".join([event.json for event in batch]) + b"]}"
-        msg_id = f"{batch[0].topic}:{batch[0].cursor}-{batch[-1].cursor}"
+        msg_id, body = self.encode(batch)
         timestamp = str(int(time.time()))
         headers = {
             **self.extra_headers,
@@ -163,8 +196,7 @@ class WebhookSink:
             ) from None
         except httpx.HTTPError as exc:
             self.last_http_status = None
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DeliveryError(f"POST {self._where} failed: {reason}") from None
+            raise DeliveryError(f"POST {self._where} failed: {first_line(exc)}") from None
         status = response.status_code
         self.last_http_status = status
         if 200 <= status < 300:

@@ -16,23 +16,24 @@ unclean stop moves every topic's cursor ahead by :data:`UNCLEAN_CURSOR_SKIP`.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from bezant_trio.model import GAP_TOPIC, Event, GapReason, encode_payload
+from bezant_trio.store.checkpoints import CheckpointStore, MemoryCheckpoints, SqliteCheckpoints
 from bezant_trio.store.ring import ReadStatus, TopicRing
+from bezant_trio.store.state import SNAPSHOT_KEY, StateViews
+from bezant_trio.util import describe
 
-__all__ = [
-    "UNCLEAN_CURSOR_SKIP",
-    "Hub",
-    "HubRead",
-    "TooManyConids",
-    "marketdata_topic",
-]
+if TYPE_CHECKING:
+    from bezant_trio.store.log import EventLog
+
+__all__ = ["UNCLEAN_CURSOR_SKIP", "Hub", "HubRead"]
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +43,18 @@ UNCLEAN_CURSOR_SKIP = 1_000_000
 #: capacities: a batch larger than a ring would push its own events out of
 #: memory before any reader saw them there, sending every reader to the log.
 MAX_BATCH = 1000
+#: Seconds between saves of the state views into the log (and at a clean stop).
+STATE_SAVE_INTERVAL = 30.0
 #: Pending (not yet committed) events above which publishers are asked to wait.
 MAX_PENDING = 50_000
 #: A reader asking for a batch (``limit`` > 1) that comes back within this long
 #: of the topic's previous answer, while fewer than ``limit`` events are ready,
 #: is held until the interval is over: under load each request then carries a
-#: batch instead of one event, and a quiet topic still answers at once (PERF.md).
+#: batch instead of one event, and a quiet topic still answers at once.
 #: 0.5 ms: at 2 ms the pacing itself was the SSE latency floor (p50 2.5 ms at
 #: 1,000 events/s; 0.75 ms at 0.5 ms, bench/ANALYSIS.md). Since the connector
 #: reads whole socket buffers, a busy reader finds full batches ready anyway.
 WAKE_INTERVAL = 0.0005
-
-
-def marketdata_topic(conid: int) -> str:
-    """The topic name market data for ``conid`` is captured under."""
-    return f"marketdata:{conid}"
-
-
-class TooManyConids(Exception):
-    """More conids are wanted than ``events.marketdata.max_conids`` allows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +71,13 @@ class HubRead:
     expired: bool = False
     #: Whether the topic has ever had an event.
     known: bool = True
+    #: When expired: the oldest cursor that can still be served (bezant-server's
+    #: ``head_cursor``); resuming with ``since = oldest_cursor - 1`` loses only
+    #: what is really gone. It may not be assigned yet (everything was pruned).
+    oldest_cursor: int | None = None
+    #: When expired: ``since`` was beyond the newest cursor, so it belongs to
+    #: another cursor space (the daemon restarted without its durable log).
+    ahead: bool = False
 
 
 class _Timestamps:
@@ -118,23 +119,29 @@ class _LogState:
 class Hub:
     """Per-topic cursor logs in memory, optionally backed by an ``EventLog``.
 
-    ``capacity_for`` maps a topic to its ring capacity. ``event_log`` is a
-    :class:`bezant_trio.store.log.EventLog` (or ``None`` for memory only); its
-    methods are called off the Trio thread.
+    ``capacity_for`` maps a topic to its ring capacity. ``event_log`` is the
+    durable log (``None`` for memory only); its methods are called off the
+    Trio thread. Sink checkpoints are kept next to the events, in
+    :attr:`checkpoints`.
     """
 
     def __init__(
         self,
         capacity_for: Callable[[str], int],
         *,
-        event_log: Any = None,
-        max_conids: int = 100,
-        clock: Callable[[], float] = time.monotonic,
+        event_log: EventLog | None = None,
+        state: StateViews | None = None,
     ) -> None:
         self._capacity_for = capacity_for
         self.event_log = event_log
-        self.max_conids = max_conids
-        self._clock = clock
+        #: Latest-state views (orders, quotes, PnL), fed with every event made visible.
+        self.state = state if state is not None else StateViews()
+        self._observe = self.state.observe
+        self._state_saved_at = 0.0
+        #: Where sink checkpoints live: in the log's table, or in memory without a log.
+        self.checkpoints: CheckpointStore = (
+            SqliteCheckpoints(event_log) if event_log is not None else MemoryCheckpoints()
+        )
         self._rings: dict[str, TopicRing] = {}
         #: Next cursor to assign, per topic (cursor of the last *assigned* event).
         self._assigned: dict[str, int] = {}
@@ -145,6 +152,10 @@ class Hub:
         self._ts = _Timestamps()
         self._closing = False
         self.reset_epoch = 0
+        #: Names the cursor space, so ids built from cursors stay unique across
+        #: restarts: one per log file (kept in its ``meta`` table by :meth:`open`),
+        #: or this fresh one per process without a log (cursors restart at 1).
+        self.cursor_space = secrets.token_hex(8)
         self.started_at = time.time()
         self.published: dict[str, int] = {}
         #: Readers parked in :meth:`wait` right now (long-polls, sinks, SSE).
@@ -154,9 +165,6 @@ class Hub:
         self.log_state = _LogState()
         self._log_stats: Any = None
         self._log_stats_at = 0.0
-        #: conid -> monotonic time of the last poll that wanted it.
-        self._wanted: dict[int, float] = {}
-        self.wants_changed = trio.Event()
         #: Set (then replaced) when a topic gets its first visible event.
         self.topics_changed = trio.Event()
         #: Called with (latency_seconds, event_count) after every commit (metrics).
@@ -188,8 +196,13 @@ class Hub:
                 ring.append(event)
             self._rings[topic] = ring
             self._assigned[topic] = last + skip
+        await self._rebuild_state()
         self.reset_epoch = max(state["epoch"], start_epoch or 0) + 1
-        await trio.to_thread.run_sync(_mark_running, elog, self.reset_epoch)
+        new_space = state["cursor_space"] is None
+        self.cursor_space = state["cursor_space"] or self.cursor_space
+        await trio.to_thread.run_sync(
+            _mark_running, elog, self.reset_epoch, self.cursor_space if new_space else None
+        )
         if unclean:
             log.warning(
                 "the event log was not closed cleanly; cursors continue %d past the last "
@@ -199,6 +212,50 @@ class Hub:
         if not state["empty"]:
             self._inject_gaps(GapReason.PROCESS_RESTART, disconnected_at=None)
         await self._refresh_log_stats(force=True)
+
+    async def _rebuild_state(self) -> None:
+        """The state views as they were: the snapshot saved in the log, then the events after it.
+
+        Runs before anything new becomes visible (no writer yet), so the
+        views continue exactly at the rings' heads.
+        """
+        elog = self.event_log
+        assert elog is not None
+        views = self.state
+        for view in views.views():
+            blob = await trio.to_thread.run_sync(elog.get_meta, SNAPSHOT_KEY.format(view.topic))
+            if blob is not None:
+                try:
+                    view.restore(blob)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("state snapshot of %s unreadable, rebuilding: %s", view.topic, exc)
+                    view.reset()
+            while view.topic in self._rings:
+                answer = await self.read(view.topic, view.cursor, 1000)
+                if answer.expired:  # older than the log keeps: start from what is kept
+                    view.cursor = (answer.oldest_cursor or 1) - 1
+                    continue
+                if not answer.events:
+                    break
+                for event in answer.events:
+                    views.observe(event)
+        for topic, ring in self._rings.items():
+            if topic.startswith("marketdata:"):  # quotes come back from the warmed rings
+                for event in ring.events():
+                    views.observe(event)
+
+    async def _save_state(self) -> None:
+        """Save the order and PnL views into the log's meta table (their cursors included)."""
+        elog = self.event_log
+        if elog is None:
+            return
+        self._state_saved_at = time.monotonic()
+        blobs = [(SNAPSHOT_KEY.format(v.topic), v.snapshot().decode()) for v in self.state.views()]
+        try:
+            for key, blob in blobs:
+                await trio.to_thread.run_sync(elog.set_meta, key, blob)
+        except Exception as exc:  # the views are rebuilt from the events next time anyway
+            log.warning("saving the state views failed: %s", describe(exc))
 
     async def close(self) -> None:
         """Wake every waiter, flush what is pending and mark the log clean."""
@@ -214,6 +271,7 @@ class Hub:
                     self._pending_ready.set()
                     await drained.wait()
             if not self._pending and not self.log_state.backlog:
+                await self._save_state()
                 await trio.to_thread.run_sync(_mark_clean, self.event_log)
 
     @property
@@ -245,6 +303,7 @@ class Hub:
             else:
                 # The per-frame path of memory-only capture: no set, no loop.
                 ring.append(event)
+                self._observe(event)
                 waiter = self._wakeups.pop(topic, None)
                 if waiter is not None:
                     waiter.set()
@@ -277,6 +336,7 @@ class Hub:
 
     def _make_visible(self, events: Iterable[Event]) -> None:
         rings = self._rings
+        observe = self._observe
         touched: set[str] = set()
         new_topic = False
         for event in events:
@@ -285,6 +345,7 @@ class Hub:
                 ring = rings[event.topic] = TopicRing(event.topic, self._capacity_for(event.topic))
                 new_topic = True
             ring.append(event)
+            observe(event)
             touched.add(event.topic)
         if new_topic:
             self.topics_changed.set()
@@ -358,19 +419,46 @@ class Hub:
         if answer.status is ReadStatus.OK:
             events = answer.events
             return HubRead(events, events[-1].cursor if events else since, ring.last)
+        elog = self.event_log
         if answer.status is ReadStatus.AHEAD:
-            return HubRead([], since, ring.last, expired=True)
-        if self.event_log is None:
-            return HubRead([], since, ring.last, expired=True)
-        events, pruned_upto = await trio.to_thread.run_sync(
-            _read_log, self.event_log, topic, since, limit
-        )
+            oldest = ring.first
+            if elog is not None:
+                oldest = await trio.to_thread.run_sync(elog.pruned_upto, topic) + 1
+            return HubRead([], since, ring.last, expired=True, oldest_cursor=oldest, ahead=True)
+        if elog is None:
+            return HubRead([], since, ring.last, expired=True, oldest_cursor=ring.first)
+        events, pruned_upto = await trio.to_thread.run_sync(_read_log, elog, topic, since, limit)
         if pruned_upto > since:
-            return HubRead([], since, ring.last, expired=True)
+            # Retention keeps an unbroken run of cursors above what it pruned.
+            return HubRead([], since, ring.last, expired=True, oldest_cursor=pruned_upto + 1)
         # The log may hold committed events the ring does not show yet; never
         # hand out more than is visible, so responses stay monotonic.
         events = [e for e in events if e.cursor <= ring.last]
         return HubRead(events, events[-1].cursor if events else since, ring.last)
+
+    async def history(
+        self,
+        topic: str,
+        *,
+        since_ts: float | None = None,
+        since_cursor: int | None = None,
+        limit: int = 500,
+    ) -> list[Event]:
+        """Events of ``topic`` from the durable log, by received time and/or cursor.
+
+        Both bounds are exclusive; with neither, from the oldest event kept.
+        Only what is visible is returned (a committed event the ring does not
+        show yet is left for the next call). Needs the log: raises
+        ``RuntimeError`` without one (callers check :attr:`event_log`).
+        """
+        elog = self.event_log
+        if elog is None:
+            raise RuntimeError("history needs the durable log")
+        events = await trio.to_thread.run_sync(
+            lambda: elog.history(topic, since_ts=since_ts, since_cursor=since_cursor, limit=limit)
+        )
+        head = self.head(topic)
+        return [e for e in events if e.cursor <= head]
 
     async def wait(self, topic: str, since: int, timeout: float, *, limit: int = 1) -> bool:
         """Wait up to ``timeout`` seconds for an event after ``since``; True if one exists.
@@ -436,6 +524,8 @@ class Hub:
             self._record_commit(latency, len(batch))
             self._make_visible(batch)
             await self._refresh_log_stats()
+            if time.monotonic() - self._state_saved_at >= STATE_SAVE_INTERVAL:
+                await self._save_state()
             if len(self._pending) <= MAX_PENDING:
                 self._pending_drained.set()
 
@@ -452,7 +542,7 @@ class Hub:
                 if not backlog:  # no checkpoint since the check: nothing can sneak in
                     break
         except Exception as exc:  # still failing: stay degraded and retry later
-            self.log_state.last_error = _describe(exc)
+            self.log_state.last_error = describe(exc)
             return
         log.warning("event log recovered; the backlog is committed")
         self.log_state.degraded = False
@@ -460,11 +550,9 @@ class Hub:
     def _enter_degraded(self, exc: BaseException) -> None:
         """Serve from memory: make everything pending visible and keep it to retry."""
         if not self.log_state.degraded:
-            log.error(
-                "event log write failed, serving from memory and retrying: %s", _describe(exc)
-            )
+            log.error("event log write failed, serving from memory and retrying: %s", describe(exc))
         self.log_state.degraded = True
-        self.log_state.last_error = _describe(exc)
+        self.log_state.last_error = describe(exc)
         pending, self._pending = self._pending, []
         self.log_state.backlog.extend(pending)
         self._make_visible(pending)
@@ -490,42 +578,6 @@ class Hub:
         for observer in self.commit_observers:
             observer(latency, count)
 
-    # ------------------------------------------------------------ market data
-
-    def want_conid(self, conid: int) -> bool:
-        """Record that a poller wants market data for ``conid``; True if new.
-
-        Raises :class:`TooManyConids` when a new conid would exceed the limit.
-        """
-        is_new = conid not in self._wanted
-        if is_new and len(self._wanted) >= self.max_conids:
-            raise TooManyConids(
-                f"already {len(self._wanted)} market-data conids wanted (max_conids={self.max_conids}); "
-                "stop polling some or raise events.marketdata.max_conids"
-            )
-        self._wanted[conid] = self._clock()
-        if is_new:
-            self._signal_wants()
-        return is_new
-
-    def wanted_conids(self) -> list[int]:
-        """Every conid some poller wants, sorted."""
-        return sorted(self._wanted)
-
-    def expire_idle_conids(self, idle_seconds: float) -> list[int]:
-        """Forget conids nobody polled for ``idle_seconds``; returns them."""
-        now = self._clock()
-        idle = [c for c, seen in self._wanted.items() if now - seen >= idle_seconds]
-        for conid in idle:
-            del self._wanted[conid]
-        if idle:
-            self._signal_wants()
-        return idle
-
-    def _signal_wants(self) -> None:
-        self.wants_changed.set()
-        self.wants_changed = trio.Event()
-
     # ----------------------------------------------------------------- status
 
     def status(self) -> dict[str, Any]:
@@ -536,7 +588,6 @@ class Hub:
             "buffer_sizes": {t: len(r) for t, r in sorted(self._rings.items())},
             "head_cursors": {t: r.last for t, r in sorted(self._rings.items())},
             "events_published": dict(sorted(self.published.items())),
-            "wanted_conids": self.wanted_conids(),
             "pending": len(self._pending),
             "waiting": self.waiting,
         }
@@ -572,12 +623,15 @@ def _load_log_state(elog: Any, capacity_for: Callable[[str], int]) -> dict[str, 
         "epoch": elog.load_epoch(),
         "empty": elog.is_empty(),
         "run_state": elog.get_meta("run_state"),
+        "cursor_space": elog.get_meta("cursor_space"),
         "last_cursors": last_cursors,
         "newest": {t: elog.newest(t, capacity_for(t)) for t in last_cursors},
     }
 
 
-def _mark_running(elog: Any, epoch: int) -> None:
+def _mark_running(elog: Any, epoch: int, new_cursor_space: str | None) -> None:
+    if new_cursor_space is not None:
+        elog.set_meta("cursor_space", new_cursor_space)
     elog.store_epoch(epoch)
     elog.set_meta("run_state", "running")
 
@@ -588,8 +642,3 @@ def _mark_clean(elog: Any) -> None:
 
 def _read_log(elog: Any, topic: str, since: int, limit: int) -> tuple[list[Event], int]:
     return elog.read_since(topic, since, limit), elog.pruned_upto(topic)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f"{type(exc).__name__}: {text}"

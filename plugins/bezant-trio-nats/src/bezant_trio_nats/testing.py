@@ -6,7 +6,9 @@ package installs next to the Python interpreter (``pip install
 and free 127.0.0.1 ports. :func:`start_cluster` wires several into one
 JetStream cluster. A server is ready when its monitor's ``/healthz`` answers
 200, which for JetStream means its streams are recovered and, in a cluster,
-that a meta leader is known.
+that a meta leader is known. The process itself is a
+:class:`bezant_trio.testing.ChildProcess` (output in a log file, exits awaited,
+bounded stops).
 
 Owns processes, config files and ports; knows nothing of the sink.
 """
@@ -17,15 +19,15 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import httpx
 import trio
+
+from bezant_trio.testing import ChildProcess
 
 __all__ = [
     "NatsServer",
@@ -81,7 +83,7 @@ class NatsServer:
     tls: tuple[str, str] | None = None
     port: int = field(default_factory=free_port)
     monitor_port: int = field(default_factory=free_port)
-    process: trio.Process | None = None
+    process: ChildProcess | None = None
     starts: int = 0
 
     @property
@@ -103,7 +105,7 @@ class NatsServer:
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
+        return self.process is not None and self.process.running
 
     def _config(self) -> str:
         lines = [
@@ -129,11 +131,8 @@ class NatsServer:
         """Start the process without waiting for it to serve (see :meth:`start`)."""
         if self.running:
             raise RuntimeError(f"nats-server {self.name} is already running")
-        argv = self._write_config()
-        with self._open_log() as log:
-            self.process = await trio.lowlevel.open_process(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
+        # Appended to: a restart keeps the earlier runs' lines.
+        self.process = ChildProcess(self._write_config(), self.log_path, append=True)
         self.starts += 1
 
     def _write_config(self) -> list[str]:
@@ -141,9 +140,6 @@ class NatsServer:
         config = self.workdir / self.name / "server.conf"
         config.write_text(self._config())
         return [nats_server_path(), "-c", str(config), "-js", "-sd", str(self.store_dir)]
-
-    def _open_log(self) -> BinaryIO:
-        return open(self.log_path, "ab")  # appended to: a restart keeps the earlier runs
 
     async def start(self, *, timeout: float = 20) -> NatsServer:
         """Start and wait until ``/healthz`` answers 200; returns ``self``."""
@@ -170,20 +166,16 @@ class NatsServer:
 
     async def stop(self, signum: int = signal.SIGTERM, *, timeout: float = 20) -> None:
         """Send ``signum`` (SIGTERM: a graceful stop; SIGKILL: a crash) and reap it."""
-        if not self.running:
-            return
-        assert self.process is not None
-        self.process.send_signal(signum)
-        with trio.fail_after(timeout):
-            await self.process.wait()
+        if self.process is not None:
+            await self.process.stop(signum, timeout=timeout)
 
     async def kill(self) -> None:
         """``kill -9``: no shutdown of any kind."""
         await self.stop(signal.SIGKILL)
 
     def close(self) -> None:
-        """Kill the process if it still runs (teardown; never raises)."""
-        if self.process is not None and self.process.returncode is None:
+        """Kill the process if it still runs, and reap it (teardown; never raises)."""
+        if self.process is not None:
             self.process.kill()
 
 

@@ -1,8 +1,9 @@
 """pytest fixtures for testing sinks and sink plugins in a few lines (needs pytest-trio).
 
-Enable with ``pytest_plugins = ["bezant_trio.sinks.pytest_plugin"]`` in a
-top-level ``conftest.py`` (or through the package's ``pytest11`` entry point).
-Tests run in Trio mode (``trio_mode = true``)::
+Installed with bezant-trio through its ``pytest11`` entry point, so the
+fixtures are there in any project whose tests run in Trio mode
+(``trio_mode = true``); ``pytest_plugins = ["bezant_trio.testing.pytest_plugin"]``
+in a top-level ``conftest.py`` names them explicitly::
 
     async def test_my_sink_gets_orders(bezant_sink_manager_factory, tmp_path):
         manager = await bezant_sink_manager_factory(
@@ -28,11 +29,14 @@ Fixtures:
   starts a :class:`~bezant_trio.sinks.manager.SinkManager` (on a fresh memory
   hub unless given one); closed gracefully after the test.
 - ``bezant_gateway_simulator``: a running CPAPI gateway simulator on 127.0.0.1.
+- ``bezant_webhook_receiver``: a running :class:`~bezant_trio.testing.WebhookReceiver`
+  (scripted answers, every request recorded).
 - ``bezant_daemon_factory``: ``await factory(sinks=(), *, gateway=None, config=None)``
-  starts the whole daemon (memory store, HTTP on a free port) and returns it
-  (``.hub``, ``.sinks``, ``.http_url``, ``.request_stop()``). Without
-  ``gateway`` it runs with no gateway connection, for tests that publish into
-  ``daemon.hub`` directly. Stopped gracefully after the test.
+  starts the whole daemon (memory store, HTTP on a free port) with
+  :func:`~bezant_trio.daemon.open_daemon` and returns it (``.hub``, ``.sinks``,
+  ``.http_url``, ``.request_stop()``). Without ``gateway`` it runs with no
+  gateway connection, for tests that publish into ``daemon.hub`` directly.
+  Stopped gracefully, under its shutdown deadline, after the test.
 
 This module only wires public APIs together; it holds no test logic.
 """
@@ -41,7 +45,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 import pytest
@@ -49,6 +53,13 @@ import trio
 
 from bezant_trio.sinks.manager import SinkManager, create_plugin_manager
 from bezant_trio.store.hub import Hub
+from bezant_trio.testing.webhook import WebhookReceiver
+
+if TYPE_CHECKING:
+    # The daemon pulls in HTTP and the connector: imported when a fixture
+    # needs it, so loading this plugin (in every pytest run) stays cheap.
+    from bezant_trio.config import Config
+    from bezant_trio.daemon import Daemon
 
 __all__ = [
     "bezant_daemon_factory",
@@ -56,6 +67,7 @@ __all__ = [
     "bezant_hub",
     "bezant_plugin_manager",
     "bezant_sink_manager_factory",
+    "bezant_webhook_receiver",
 ]
 
 #: Ring capacity of the hubs these fixtures build.
@@ -64,6 +76,7 @@ HUB_CAPACITY = 1000
 TEARDOWN_GRACE = 2.0
 
 SinkManagerFactory = Callable[..., Awaitable[SinkManager]]
+DaemonFactory = Callable[..., Awaitable["Daemon"]]
 
 
 async def _memory_hub() -> Hub:
@@ -105,53 +118,78 @@ async def bezant_sink_manager_factory(
         return manager
 
     yield start
+    # One deadline for every manager's graceful close.
+    deadline = trio.current_time() + TEARDOWN_GRACE
     for manager in started:
-        await manager.aclose(TEARDOWN_GRACE)
+        await manager.aclose(deadline)
 
 
 @pytest.fixture
 async def bezant_gateway_simulator(nursery: trio.Nursery) -> Any:
-    """A running gateway simulator (``bezant_trio.simulator.gateway.GatewaySimulator``)."""
-    from bezant_trio.simulator.gateway import GatewaySimulator
+    """A running gateway simulator (:class:`bezant_trio.simulator.GatewaySimulator`)."""
+    from bezant_trio.simulator import GatewaySimulator
 
     return await nursery.start(GatewaySimulator().run)
 
 
 @pytest.fixture
-async def bezant_daemon_factory(nursery: trio.Nursery) -> AsyncIterator[Callable[..., Any]]:
+async def bezant_webhook_receiver(nursery: trio.Nursery) -> WebhookReceiver:
+    """A scripted webhook endpoint on 127.0.0.1 that records every request."""
+    return await nursery.start(WebhookReceiver().run)
+
+
+async def _serve_until(
+    config: Config,
+    connect: bool,
+    stop: trio.Event,
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve one daemon until ``stop`` is set (``open_daemon`` then stops it); sets ``done``."""
+    from bezant_trio.daemon import open_daemon
+
+    try:
+        async with open_daemon(config, connect=connect) as daemon:
+            task_status.started(daemon)
+            await stop.wait()
+    finally:
+        done.set()
+
+
+@pytest.fixture
+async def bezant_daemon_factory(nursery: trio.Nursery) -> AsyncIterator[DaemonFactory]:
     """``await factory(sinks=(), *, gateway=None, config=None)`` -> a serving Daemon."""
     from bezant_trio.config import config_from_mapping
-    from bezant_trio.daemon import Daemon
 
-    running: list[tuple[Any, trio.Event]] = []
+    running: list[tuple[Daemon, trio.Event, trio.Event]] = []
 
     async def start(
         sinks: Sequence[Mapping[str, Any]] = (),
         *,
         gateway: Any = None,
         config: Mapping[str, Any] | None = None,
-    ) -> Any:
+    ) -> Daemon:
         data: dict[str, Any] = copy.deepcopy(dict(config or {}))
         data.setdefault("http", {}).setdefault("bind", "127.0.0.1:0")
         data.setdefault("shutdown_grace", TEARDOWN_GRACE)
         data["sinks"] = [dict(sink) for sink in sinks]
         if gateway is not None:
             data.setdefault("gateway", {})["url"] = gateway.base_url
-        daemon = Daemon(config_from_mapping(data), connect=gateway is not None)
-        done = trio.Event()
-
-        async def run(*, task_status: trio.TaskStatus[Any]) -> None:
-            try:
-                await daemon.run(task_status=task_status)
-            finally:
-                done.set()
-
-        await nursery.start(run)
-        running.append((daemon, done))
+        stop, done = trio.Event(), trio.Event()
+        daemon = await nursery.start(
+            _serve_until, config_from_mapping(data), gateway is not None, stop, done
+        )
+        running.append((daemon, stop, done))
         return daemon
 
     yield start
-    for daemon, done in running:
-        daemon.request_stop()
-        with trio.move_on_after(TEARDOWN_GRACE * 3):
+    for _, stop, _ in running:
+        stop.set()
+    # The daemons stop together, each under its own shutdown deadline; the
+    # bound (the longest deadline, plus the log's close) fails a teardown
+    # that hangs instead of waiting for it.
+    grace = max((daemon.config.shutdown_grace for daemon, _, _ in running), default=0.0)
+    with trio.fail_after(grace + TEARDOWN_GRACE * 2):
+        for _, _, done in running:
             await done.wait()

@@ -1,0 +1,226 @@
+"""Latest-state views: every order by ``orderId``, every quote by conid, every PnL row.
+
+The gateway sends partial updates: an ``sor`` frame after the first carries
+only the fields of an order that changed, an ``smd`` frame only the market-data
+fields that changed (IBKR's WebSocket document; docs/gateway.md). A bot that
+starts, restarts or falls behind would have to replay everything to know an
+order's status. These views merge the updates as events become visible, so
+one call answers "what is true now", together with the topic cursor the
+answer reflects: take the state, then follow ``GET /events/{topic}?since=C``,
+and nothing is lost or applied twice (docs/api.md, "State views").
+
+Resync events (``{"reason": "resync", "source", "data"}``, published by the
+connector after every gap) merge the gateway's REST truth in the same way.
+
+Memory is bounded: a finished order (filled, cancelled, rejected, inactive)
+is dropped ``finished_ttl`` seconds after it finished; a quote is kept while
+its conid is wanted. With the durable log on, the views are saved in its
+``meta`` table now and then and at a clean stop, and rebuilt at start from
+that snapshot plus the events after it.
+
+Pure memory and JSON: no Trio, no I/O of its own. The hub calls
+:meth:`StateViews.observe` for every event it makes visible.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from bezant_trio.model import MARKETDATA, Event, conid_of
+
+__all__ = ["FINISHED_STATUSES", "StateView", "StateViews"]
+
+#: Order statuses after which nothing more happens to an order.
+FINISHED_STATUSES = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive", "Rejected"})
+#: Topics (and families) that have a view.
+ORDERS, PNL = "orders", "pnl"
+#: The ``meta`` key a view's snapshot is saved under.
+SNAPSHOT_KEY = "state:{}"
+
+
+class StateView:
+    """One topic's merged records, by key, and the cursor of the last event applied."""
+
+    __slots__ = ("cursor", "finished_at", "items", "topic")
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        #: The cursor of the newest event of ``topic`` this view reflects.
+        self.cursor = 0
+        #: key -> merged record.
+        self.items: dict[str, dict[str, Any]] = {}
+        #: key -> when (epoch seconds) the record reached a finished status.
+        self.finished_at: dict[str, float] = {}
+
+    def reset(self) -> None:
+        """Forget everything (a snapshot that cannot be read is rebuilt from the events)."""
+        self.cursor = 0
+        self.items = {}
+        self.finished_at = {}
+
+    def merge(self, key: str, update: Mapping[str, Any]) -> dict[str, Any]:
+        record = self.items.get(key)
+        if record is None:
+            record = self.items[key] = {}
+        record.update(update)
+        return record
+
+    def snapshot(self) -> bytes:
+        return orjson.dumps(
+            {"cursor": self.cursor, "items": self.items, "finished_at": self.finished_at}
+        )
+
+    def restore(self, blob: bytes | str) -> None:
+        data = orjson.loads(blob)
+        self.cursor = int(data["cursor"])
+        self.items = dict(data["items"])
+        self.finished_at = {k: float(v) for k, v in data.get("finished_at", {}).items()}
+
+
+class StateViews:
+    """The latest state per key for ``orders``, ``pnl`` and every ``marketdata:<conid>``.
+
+    ``keep_conid`` says whether a conid is still wanted (its quote is dropped
+    when not, at the next prune); ``clock`` gives epoch seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        finished_ttl: float = 86400.0,
+        keep_conid: Callable[[int], bool] = lambda conid: True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.finished_ttl = finished_ttl
+        self._keep_conid = keep_conid
+        self._clock = clock
+        self.orders = StateView(ORDERS)
+        self.pnl = StateView(PNL)
+        #: conid -> the quote view of ``marketdata:<conid>``.
+        self.quotes: dict[int, StateView] = {}
+        self._applied = 0
+
+    # ------------------------------------------------------------- applying
+
+    def observe(self, event: Event) -> None:
+        """Apply one event that just became visible (called by the hub, in cursor order)."""
+        topic = event.topic
+        if topic == ORDERS:
+            view = self.orders
+            if event.cursor > view.cursor:
+                self._apply_orders(event)
+        elif topic == PNL:
+            view = self.pnl
+            if event.cursor > view.cursor:
+                self._apply_pnl(event)
+        elif topic.startswith("marketdata:"):
+            conid = conid_of(topic, MARKETDATA)
+            if conid is None:
+                return
+            view = self.quotes.get(conid)
+            if view is None:
+                view = self.quotes[conid] = StateView(topic)
+            if event.cursor > view.cursor:
+                self._apply_quote(view, event)
+        else:
+            return
+        view.cursor = event.cursor
+        self._applied += 1
+        if self._applied % 1024 == 0:
+            self.prune()
+
+    def _apply_orders(self, event: Event) -> None:
+        payload = _decode(event)
+        if not isinstance(payload, dict):
+            return
+        view = self.orders
+        for order in _orders_in(payload):
+            key = _order_key(order)
+            if key is None:
+                continue
+            record = view.merge(key, order)
+            status = record.get("status")
+            if status in FINISHED_STATUSES:
+                view.finished_at.setdefault(key, self._clock())
+            else:
+                view.finished_at.pop(key, None)
+
+    def _apply_pnl(self, event: Event) -> None:
+        payload = _decode(event)
+        if not isinstance(payload, dict):
+            return
+        rows = payload.get("args")
+        if payload.get("reason") == "resync":
+            data = payload.get("data")
+            rows = data.get("upnl") if isinstance(data, dict) else None
+        if isinstance(rows, dict):
+            for key, row in rows.items():
+                if isinstance(row, dict):
+                    self.pnl.merge(str(key), row)
+
+    def _apply_quote(self, view: StateView, event: Event) -> None:
+        payload = _decode(event)
+        if not isinstance(payload, dict) or "reason" in payload:
+            return  # a gap event: the quote stays as last sent
+        fields = {k: v for k, v in payload.items() if k != "topic"}
+        view.merge("quote", fields)
+
+    # --------------------------------------------------------------- bounds
+
+    def prune(self) -> None:
+        """Drop orders finished over ``finished_ttl`` ago and quotes of conids nobody wants."""
+        now = self._clock()
+        view = self.orders
+        expired = [k for k, at in view.finished_at.items() if now - at >= self.finished_ttl]
+        for key in expired:
+            view.items.pop(key, None)
+            del view.finished_at[key]
+        for conid in [c for c in self.quotes if not self._keep_conid(c)]:
+            del self.quotes[conid]
+
+    # -------------------------------------------------------------- answers
+
+    def answer(self, view: StateView, reset_epoch: int) -> dict[str, Any]:
+        """``{"cursor", "reset_epoch", "items"}`` for one view."""
+        self.prune()
+        return {"cursor": view.cursor, "reset_epoch": reset_epoch, "items": view.items}
+
+    def quote(self, conid: int) -> StateView | None:
+        """The quote view of ``conid``, if any event of it was seen."""
+        return self.quotes.get(conid)
+
+    # ----------------------------------------------------------- persistence
+
+    def views(self) -> Iterable[StateView]:
+        """The order and PnL views: the ones saved in the log (quotes come back with the rings)."""
+        return (self.orders, self.pnl)
+
+
+def _decode(event: Event) -> Any:
+    try:
+        return orjson.loads(event.payload_json)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _orders_in(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The order records of an ``sor`` frame or an orders resync event."""
+    if payload.get("reason") == "resync":
+        data = payload.get("data")
+        orders = data.get("orders") if isinstance(data, dict) else data
+    else:
+        orders = payload.get("args")
+    if not isinstance(orders, list):
+        return []
+    return [order for order in orders if isinstance(order, dict)]
+
+
+def _order_key(order: Mapping[str, Any]) -> str | None:
+    order_id = order.get("orderId")
+    if isinstance(order_id, bool) or not isinstance(order_id, int | str) or order_id == "":
+        return None
+    return str(order_id)
