@@ -24,7 +24,7 @@ import trio
 
 from bezant_trio import logs
 from bezant_trio.config import Config, ConfigError, config_secrets, load_config
-from bezant_trio.cpapi.connector import Connector
+from bezant_trio.cpapi.connector import BARS_LIMIT, BOOK_LIMIT, Connector
 from bezant_trio.errors import StartupError
 from bezant_trio.http import HttpService
 from bezant_trio.sinks.manager import SinkConfigError, SinkManager
@@ -65,8 +65,10 @@ class Daemon:
         #: Tests that publish into the hub directly can run without a gateway.
         self.connect = connect
         self.hub: Hub | None = None
-        #: Market-data demand: HTTP records wants, the connector follows them.
+        #: Per-instrument demand: HTTP records wants, the connector follows them.
         self.wants = Wants(config.events.marketdata.max_conids)
+        self.bars = Wants(BARS_LIMIT, what="streaming-bars", setting=None)
+        self.book = Wants(BOOK_LIMIT, what="price-ladder", setting=None)
         self.connector: Connector | None = None
         self.sinks: SinkManager | None = None
         self.http: HttpService | None = None
@@ -153,7 +155,12 @@ class Daemon:
             raise StartupError(str(exc)) from None
         if self.connect:
             self.connector = Connector(
-                hub, gateway=config.gateway, events=config.events, wants=self.wants
+                hub,
+                gateway=config.gateway,
+                events=config.events,
+                wants=self.wants,
+                bars=self.bars,
+                book=self.book,
             )
         http = self.http = HttpService(
             hub,

@@ -29,7 +29,8 @@ class Wants:
     """The conids wanted for one per-instrument stream, each with when it was last asked for.
 
     ``what`` names the stream in messages ("market-data"), ``setting`` the
-    config key of ``limit`` ("events.marketdata.max_conids").
+    config key of ``limit`` ("events.marketdata.max_conids"), or None for a
+    limit that is the gateway's own.
     """
 
     def __init__(
@@ -37,7 +38,7 @@ class Wants:
         limit: int,
         *,
         what: str = "market-data",
-        setting: str = "events.marketdata.max_conids",
+        setting: str | None = "events.marketdata.max_conids",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limit = limit
@@ -63,6 +64,11 @@ class Wants:
         """
         is_new = conid not in self._wanted
         if is_new and len(self._wanted) >= self.limit:
+            if self.setting is None:
+                raise TooManyConids(
+                    f"already {len(self._wanted)} {self.what} conids wanted and the gateway "
+                    f"allows {self.limit} at once; stop polling some"
+                )
             raise TooManyConids(
                 f"already {len(self._wanted)} {self.what} conids wanted "
                 f"({self.setting.rpartition('.')[2]}={self.limit}); "

@@ -41,6 +41,7 @@ from bezant_trio.config.loading import (
 from bezant_trio.config.secrets import MASK, config_secrets
 from bezant_trio.config.sections import (
     BackoffConfig,
+    BarsConfig,
     Config,
     EventsConfig,
     GatewayConfig,
@@ -54,6 +55,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "MASK",
     "BackoffConfig",
+    "BarsConfig",
     "Config",
     "ConfigError",
     "EventsConfig",

@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 #: Account-wide channels the connector may subscribe to.
-CHANNELS: Final = ("orders", "pnl", "trades")
+CHANNELS: Final = ("orders", "pnl", "trades", "account_summary", "ledger")
 #: The largest integer a setting may hold (signed 64-bit).
 MAX_INT: Final = 2**63 - 1
 
@@ -246,6 +246,13 @@ def choice(*choices: str) -> Check:
 
 
 # --------------------------------------------------------------------------- lists
+
+
+def gateway_word(key: str, value: object) -> str:
+    """A short token the gateway reads as is: letters and digits, e.g. "5min", "1d"."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{0,4}[A-Za-z_]{1,12}", value):
+        return value
+    raise ConfigError(key, f'expected a period like "1d", "2h" or "5min", got {describe(value)}')
 
 
 def channels(key: str, value: object) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from bezant_trio.config.secrets import mask_secret, mask_sinks, mask_url
 
 __all__ = [
     "BackoffConfig",
+    "BarsConfig",
     "Config",
     "EventsConfig",
     "GatewayConfig",
@@ -113,6 +114,20 @@ class BackoffConfig(Section):
 
 
 @dataclass(frozen=True, repr=False)
+class BarsConfig(Section):
+    """Streaming bars (``smh``), subscribed lazily by ``GET /events/bars?conid=N``."""
+
+    #: How far back the bars reach, in the gateway's words ("1d", "2h", "1w").
+    period: str = setting("1d", checks.gateway_word)
+    #: One bar's length ("1min", "5min", "1h").
+    bar: str = setting("5min", checks.gateway_word)
+    #: What the bars are made of: "trades", "midpoint", "bid_ask".
+    source: str = setting("trades", checks.choice("trades", "midpoint", "bid_ask"))
+    #: Include bars outside regular trading hours.
+    outside_rth: bool = setting(False, checks.boolean)
+
+
+@dataclass(frozen=True, repr=False)
 class MarketDataConfig(Section):
     """Lazily subscribed per-conid market data."""
 
@@ -141,6 +156,7 @@ class EventsConfig(Section):
     channels: tuple[str, ...] = setting(("orders", "pnl"), checks.channels)
     capture_other: bool = setting(True, checks.boolean)
     marketdata: MarketDataConfig = field(default_factory=MarketDataConfig)
+    bars: BarsConfig = field(default_factory=BarsConfig)
     #: After every gap, fetch the gateway's REST truth and publish it (docs/api.md).
     resync: bool = setting(True, checks.boolean)
     #: Seconds a finished order stays in ``/state/orders`` after it finished.

@@ -18,6 +18,8 @@ import random
 import ssl
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -27,7 +29,15 @@ from bezant_trio.cpapi.frames import (
     CHANNEL_COMMANDS,
     Frame,
     FrameKind,
+    account_summary_subscribe,
+    account_summary_unsubscribe,
+    bars_subscribe,
+    bars_unsubscribe,
+    book_subscribe,
+    book_unsubscribe,
     classify,
+    ledger_subscribe,
+    ledger_unsubscribe,
     md_subscribe,
     md_unsubscribe,
 )
@@ -46,7 +56,7 @@ from bezant_trio.cpapi.transport import (
     TransportClosed,
     open_transport,
 )
-from bezant_trio.model import GapReason, format_ts, marketdata_topic
+from bezant_trio.model import BARS, BOOK, MARKETDATA, GapReason, bars_topic, format_ts, keyed_topic
 from bezant_trio.store.hub import Hub
 from bezant_trio.util import backoff_delay, describe
 from bezant_trio.wants import Wants
@@ -66,6 +76,16 @@ DRAIN_TIMEOUT = 2.0
 DRAIN_MAX = 10.0
 #: Most seconds for TCP, TLS and the WebSocket upgrade together.
 CONNECT_TIMEOUT = 10.0
+#: Streaming bars (smh) the gateway allows at once (corpus: smh-answers-once).
+BARS_LIMIT = 5
+#: BookTrader price ladders at once: ``ubd+<account>`` ends the account's one ladder
+#: (corpus: cmd-ubd), so one per (first) account.
+BOOK_LIMIT = 1
+#: Account-wide channels subscribed once per account: name -> (subscribe, unsubscribe).
+_ACCOUNT_CHANNELS: dict[str, tuple[Callable[[str], str], Callable[[str], str]]] = {
+    "account_summary": (account_summary_subscribe, account_summary_unsubscribe),
+    "ledger": (ledger_subscribe, ledger_unsubscribe),
+}
 
 
 #: States that say why the last attempt failed; kept (not "connecting") while retrying.
@@ -78,6 +98,22 @@ class _ConnectionEnded(Exception):
     pass
 
 
+@dataclass(eq=False)
+class _LazyStream:
+    """A per-instrument stream subscribed while some reader wants its conid."""
+
+    family: str
+    wants: Wants
+    #: The subscribe command for a conid (None: cannot be asked for now).
+    subscribe: Callable[[int], str | None]
+    #: The unsubscribe command for a conid (None: nothing to send).
+    unsubscribe: Callable[[int], Awaitable[str | None]]
+    #: Whether subscriptions are re-sent every ``resubscribe_interval`` (the
+    #: gateway ends market-data streams after about 10 minutes).
+    resubscribe: bool = False
+    subscribed: set[int] = field(default_factory=set)
+
+
 class Connector:
     """Holds the gateway WebSocket open and publishes every frame into ``hub``."""
 
@@ -88,12 +124,17 @@ class Connector:
         gateway: GatewayConfig,
         events: EventsConfig,
         wants: Wants,
+        bars: Wants | None = None,
+        book: Wants | None = None,
         seed: int | None = None,
     ) -> None:
         self.hub = hub
         self.gateway = gateway
         self.events = events
+        #: Market-data demand (``marketdata:<conid>``); ``bars`` and ``book`` likewise.
         self.wants = wants
+        self.bars = bars if bars is not None else Wants(BARS_LIMIT, what="streaming-bars")
+        self.book = book if book is not None else Wants(BOOK_LIMIT, what="price-ladder")
         self._rng = random.Random(seed)
         #: True once the gateway's ready frame came on the current socket.
         self.connected = False
@@ -103,7 +144,37 @@ class Connector:
         self.state = "starting"
         self.next_retry_in: float | None = None
         self.frames: Counter[str] = Counter()
-        self.subscribed_conids: set[int] = set()
+        fields = events.marketdata.fields
+        bars_config = events.bars
+        self._lazy = [
+            _LazyStream(
+                MARKETDATA,
+                self.wants,
+                lambda conid: md_subscribe(conid, fields),
+                _constant(md_unsubscribe),
+                resubscribe=True,
+            ),
+            _LazyStream(
+                BARS,
+                self.bars,
+                lambda conid: bars_subscribe(
+                    conid,
+                    period=bars_config.period,
+                    bar=bars_config.bar,
+                    source=bars_config.source,
+                    outside_rth=bars_config.outside_rth,
+                ),
+                self._bars_unsubscribe,
+            ),
+            _LazyStream(
+                BOOK,
+                self.book,
+                lambda conid: book_subscribe(self.accounts[0], conid) if self.accounts else None,
+                self._book_unsubscribe,
+            ),
+        ]
+        #: Market-data conids subscribed on the current socket.
+        self.subscribed_conids = self._lazy[0].subscribed
         self._last_frame = 0.0  # trio clock
         #: time.time() minus trio.current_time(), to report the last frame's wall time.
         self._wall_offset = 0.0
@@ -148,7 +219,8 @@ class Connector:
         subscribed: list[str] = []
         if self.connected:  # only what the gateway can have taken: sent after its ready frame
             subscribed = list(self.events.channels)
-            subscribed += [marketdata_topic(c) for c in sorted(self.subscribed_conids)]
+            for stream in self._lazy:
+                subscribed += [keyed_topic(stream.family, c) for c in sorted(stream.subscribed)]
         return {
             "connected": self.connected,
             "state": self.state,
@@ -288,10 +360,13 @@ class Connector:
     async def _drain(self, ws: Transport, reason: str) -> None:
         assert self._barrier is not None
         with trio.move_on_after(DRAIN_MAX):
-            for channel in self.events.channels:
-                await self._send(ws, CHANNEL_COMMANDS[channel][1])
-            for conid in sorted(self.subscribed_conids):
-                await self._send(ws, md_unsubscribe(conid))
+            for command in self._channel_commands(subscribe=False):
+                await self._send(ws, command)
+            for stream in self._lazy:
+                for conid in sorted(stream.subscribed):
+                    command = await stream.unsubscribe(conid)
+                    if command is not None:
+                        await self._send(ws, command)
             await self._send(ws, "ech+hb")
             # A burst already on its way may take longer than DRAIN_TIMEOUT to
             # read: wait while it still makes progress.
@@ -352,7 +427,8 @@ class Connector:
             self._conn_scope = None
             self._conn_nursery = None
             self._ws = None
-            self.subscribed_conids.clear()
+            for stream in self._lazy:
+                stream.subscribed.clear()
             self._conn_ended.set()
         return self._ready
 
@@ -424,6 +500,8 @@ class Connector:
         hub = self.hub
         frames = self.frames
         capture_other = self.events.capture_other
+        # Several accounts: account_summary:<acct> and ledger:<acct> (docs/api.md).
+        per_account = len(self.accounts) > 1
         publish = hub.publish_json
         clock = trio.current_time
         event_kind = FrameKind.EVENT
@@ -441,7 +519,7 @@ class Connector:
             for message in batch:
                 if isinstance(message, bytes):
                     frames["binary"] += 1
-                frame = classify(message, capture_other=capture_other)
+                frame = classify(message, capture_other=capture_other, per_account=per_account)
                 kind = frame.kind
                 frames[kind] += 1
                 # Every frame with a topic is captured, control frames too (the
@@ -476,7 +554,10 @@ class Connector:
         elif kind is FrameKind.AUTH_LOST:
             self.drain_connection("sts: the gateway reports authenticated=false")
         elif kind is FrameKind.COMPETING:
-            log.warning("gateway sts: another login competes for the brokerage session")
+            # Reconnecting runs the session recovery, which takes the session
+            # back only with gateway.compete: true.
+            self.state = "competing"
+            self.drain_connection("sts: another login competes for the brokerage session")
         elif kind is FrameKind.WAITING_SESSION:
             await self._send(ws, orjson.dumps({"session": session_id}).decode())
         elif kind is FrameKind.ERROR:
@@ -518,37 +599,61 @@ class Connector:
         )
         log.warning("%s; subscribing anyway (and again when it arrives)", self.last_error)
 
-    async def _subscribe_all(self, ws: Transport) -> None:
+    def _channel_commands(self, *, subscribe: bool) -> list[str]:
+        """The (un)subscribe commands of ``events.channels``; per account for ssd/sld."""
+        commands = []
         for channel in self.events.channels:
-            await self._send(ws, CHANNEL_COMMANDS[channel][0])
-        self.subscribed_conids.clear()
-        await self._sync_conids(ws)
+            pair = CHANNEL_COMMANDS.get(channel)
+            if pair is not None:
+                commands.append(pair[0] if subscribe else pair[1])
+            elif channel in _ACCOUNT_CHANNELS:
+                on, off = _ACCOUNT_CHANNELS[channel]
+                commands += [on(acct) if subscribe else off(acct) for acct in self.accounts]
+        return commands
+
+    async def _subscribe_all(self, ws: Transport) -> None:
+        for command in self._channel_commands(subscribe=True):
+            await self._send(ws, command)
+        for stream in self._lazy:
+            stream.subscribed.clear()
+        await self._sync_lazy(ws)
         if self._ready:
             self._subscribed_early = False
 
-    async def _sync_conids(self, ws: Transport) -> None:
-        wanted = set(self.wants.wanted())
-        for conid in sorted(self.subscribed_conids - wanted):
-            await self._send(ws, md_unsubscribe(conid))
-            self.subscribed_conids.discard(conid)
-        for conid in sorted(wanted - self.subscribed_conids):
-            await self._send(ws, md_subscribe(conid, self.events.marketdata.fields))
-            self.subscribed_conids.add(conid)
+    async def _sync_lazy(self, ws: Transport) -> None:
+        """Subscribe what readers want now, unsubscribe what nobody wants any more."""
+        for stream in self._lazy:
+            wanted = set(stream.wants.wanted())
+            for conid in sorted(stream.subscribed - wanted):
+                command = await stream.unsubscribe(conid)
+                if command is not None:
+                    await self._send(ws, command)
+                stream.subscribed.discard(conid)
+            for conid in sorted(wanted - stream.subscribed):
+                command = stream.subscribe(conid)
+                if command is not None:
+                    await self._send(ws, command)
+                    stream.subscribed.add(conid)
 
     async def _wants_loop(self, ws: Transport) -> None:
         interval = self.events.marketdata.resubscribe_interval
         deadline = trio.current_time() + interval
         while True:
-            # Take the event before syncing, so a want recorded while we send
+            # Take the events before syncing, so a want recorded while we send
             # is never missed.
-            changed = self.wants.changed
-            await self._sync_conids(ws)
+            changed = [stream.wants.changed for stream in self._lazy]
+            await self._sync_lazy(ws)
             with trio.move_on_at(deadline):
-                await changed.wait()
+                await _wait_any(changed)
             if trio.current_time() >= deadline:
-                # The gateway expires market-data subscriptions after ~10-15 min.
-                for conid in sorted(self.subscribed_conids):
-                    await self._send(ws, md_subscribe(conid, self.events.marketdata.fields))
+                # The gateway ends market-data streams after about 10 minutes
+                # without a re-subscribe (corpus: smd-expires-after-10-minutes).
+                for stream in self._lazy:
+                    if stream.resubscribe:
+                        for conid in sorted(stream.subscribed):
+                            command = stream.subscribe(conid)
+                            if command is not None:
+                                await self._send(ws, command)
                 deadline = trio.current_time() + interval
 
     async def _idle_reaper(self) -> None:
@@ -557,8 +662,28 @@ class Connector:
             return
         while True:
             await trio.sleep(max(idle / 4, 0.01))
-            for conid in self.wants.expire_idle(idle):
-                log.info("market data for conid %d idle for %.0f s; unsubscribing", conid, idle)
+            for stream in self._lazy:
+                for conid in stream.wants.expire_idle(idle):
+                    log.info(
+                        "%s for conid %d idle for %.0f s; unsubscribing", stream.family, conid, idle
+                    )
+
+    async def _bars_unsubscribe(self, conid: int) -> str | None:
+        """``umh+<serverId>``: the id is in the gateway's answer to ``smh``, kept in the hub."""
+        topic = bars_topic(conid)
+        head = self.hub.head(topic)
+        if head:
+            answer = await self.hub.read(topic, max(0, head - 5), 5)
+            for event in reversed(answer.events):
+                payload = event.payload
+                server_id = payload.get("serverId") if isinstance(payload, dict) else None
+                if isinstance(server_id, str | int) and str(server_id):
+                    return bars_unsubscribe(str(server_id))
+        log.info("no serverId for the bars of conid %d yet; nothing to unsubscribe", conid)
+        return None
+
+    async def _book_unsubscribe(self, conid: int) -> str | None:
+        return book_unsubscribe(self.accounts[0]) if self.accounts else None
 
     async def _keepalive(self, ws: Transport) -> None:
         while True:
@@ -613,3 +738,24 @@ class Connector:
                     return
                 continue
             await trio.sleep(timeout - silent_for)
+
+
+def _constant(build: Callable[[int], str]) -> Callable[[int], Awaitable[str | None]]:
+    """An unsubscribe builder that needs nothing but the conid, as the stream wants it."""
+
+    async def unsubscribe(conid: int) -> str | None:
+        return build(conid)
+
+    return unsubscribe
+
+
+async def _wait_any(events: list[trio.Event]) -> None:
+    """Return as soon as one of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait_one(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        for event in events:
+            nursery.start_soon(wait_one, event)

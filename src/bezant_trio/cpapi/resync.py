@@ -7,7 +7,11 @@ connector asks for a resync; :class:`Resyncer` fetches, per captured topic,
 
 - ``orders``: ``GET /iserver/account/orders?force=true`` (the live orders;
   ``force`` also matters because a filtered orders call can silence the
-  ``sor`` stream until a forced one),
+  ``sor`` stream until a forced one). IBKR's OpenAPI says a forced call
+  clears the gateway's cache and answers an empty list, while its own example
+  shows the orders (corpus: rest.jsonl ``orders-force-empty``,
+  ``orders-force-campus``): an empty forced answer is followed by a plain
+  call, whose answer is the one published,
 - ``trades``: ``GET /iserver/account/trades``,
 - ``pnl``: ``GET /iserver/account/pnl/partitioned``,
 
@@ -51,6 +55,8 @@ class ResyncSource:
     topic: str
     path: str
     params: tuple[tuple[str, str], ...] = ()
+    #: Whether an empty answer is asked again without ``params`` (orders after ``force``).
+    retry_plain_when_empty: bool = False
 
     @property
     def source(self) -> str:
@@ -61,7 +67,9 @@ class ResyncSource:
 
 #: Per captured topic, the REST call that tells its truth.
 RESYNC_SOURCES: dict[str, ResyncSource] = {
-    "orders": ResyncSource("orders", "/iserver/account/orders", (("force", "true"),)),
+    "orders": ResyncSource(
+        "orders", "/iserver/account/orders", (("force", "true"),), retry_plain_when_empty=True
+    ),
     "trades": ResyncSource("trades", "/iserver/account/trades"),
     "pnl": ResyncSource("pnl", "/iserver/account/pnl/partitioned"),
 }
@@ -107,10 +115,14 @@ class Resyncer:
         topics: Sequence[str],
         *,
         pacer: Pacer | None = None,
+        attempts: int = ATTEMPTS,
+        retry: tuple[float, float] = (RETRY_MIN, RETRY_MAX),
         rng: random.Random | None = None,
         on_failed: Callable[[str], None] | None = None,
     ) -> None:
         self.hub = hub
+        self.attempts = attempts
+        self.retry = retry
         self.session = session
         self.sources = [RESYNC_SOURCES[t] for t in topics if t in RESYNC_SOURCES]
         self.pacer = pacer or Pacer()
@@ -140,7 +152,7 @@ class Resyncer:
 
     async def _resync(self, source: ResyncSource) -> None:
         error = "not tried"
-        for attempt in range(1, ATTEMPTS + 1):
+        for attempt in range(1, self.attempts + 1):
             await self.pacer.wait_turn(source.path)
             try:
                 body = await self.session.get_json(source.path, params=dict(source.params))
@@ -151,12 +163,16 @@ class Resyncer:
                     source.topic,
                     source.source,
                     attempt,
-                    ATTEMPTS,
+                    self.attempts,
                     error,
                 )
-                if attempt < ATTEMPTS:
-                    await trio.sleep(backoff_delay(attempt, RETRY_MIN, RETRY_MAX, self._rng))
+                if attempt < self.attempts:
+                    await trio.sleep(backoff_delay(attempt, *self.retry, self._rng))
                 continue
+            if source.retry_plain_when_empty and _is_empty(body):
+                plain = ResyncSource(source.topic, source.path)
+                await self._resync(plain)
+                return
             self._publish(source, {"reason": "resync", "data": body})
             return
         if self._on_failed is not None:
@@ -171,3 +187,10 @@ class Resyncer:
             **{k: v for k, v in fields.items() if k != "reason"},
         }
         self.published.append(self.hub.publish(source.topic, payload))
+
+
+def _is_empty(body: object) -> bool:
+    """An answer with no records: ``[]``, ``{}``, or ``{"orders": []}``."""
+    if isinstance(body, dict):
+        return not body or body.get("orders") == []
+    return body == []
