@@ -67,3 +67,12 @@ def seq_of(event: object) -> int:
     if isinstance(args, list):
         return int(args[0]["seq"])
     return int(next(iter(args.values()))["seq"])
+
+
+async def serve_daemon(config: object, *, task_status: trio.TaskStatus[object]) -> None:
+    """``await nursery.start(serve_daemon, config)``: a daemon serving until the test ends."""
+    from bezant_trio.daemon import open_daemon
+
+    async with open_daemon(config) as daemon:  # type: ignore[arg-type]
+        task_status.started(daemon)
+        await trio.sleep_forever()

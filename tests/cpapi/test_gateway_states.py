@@ -17,7 +17,7 @@ import trio
 from bezant_trio.config import config_from_mapping
 from bezant_trio.daemon import Daemon, open_daemon
 from bezant_trio.simulator import GatewaySimulator
-from helpers import wait_until
+from helpers import serve_daemon, wait_until
 
 
 class HangingGateway:
@@ -56,18 +56,12 @@ def _config(url: str, **events: Any) -> Any:
     )
 
 
-async def _serve(config: Any, *, task_status: trio.TaskStatus[Daemon]) -> None:
-    async with open_daemon(config) as daemon:
-        task_status.started(daemon)
-        await trio.sleep_forever()
-
-
 @pytest.fixture
 def daemon_at(nursery: trio.Nursery) -> Any:
     """``await daemon_at(url, **events)`` -> a serving daemon connecting to ``url``."""
 
     async def start(url: str, **events: Any) -> Daemon:
-        return await nursery.start(_serve, _config(url, **events))
+        return await nursery.start(serve_daemon, _config(url, **events))
 
     return start
 

@@ -21,22 +21,15 @@ import trio
 from bezant_trio.config import config_from_mapping
 from bezant_trio.cpapi.resync import Pacer, Resyncer
 from bezant_trio.cpapi.session import GatewaySession
-from bezant_trio.daemon import Daemon, open_daemon
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.simulator import frames as sim_frames
 from bezant_trio.store.hub import Hub
-from helpers import capacity_of, wait_until
+from helpers import capacity_of, serve_daemon, wait_until
 
 
 @pytest.fixture
 async def sim(nursery: trio.Nursery) -> GatewaySimulator:
     return await nursery.start(GatewaySimulator(heartbeat_interval=0.2).run)
-
-
-async def _serve(config: Any, *, task_status: trio.TaskStatus[Daemon]) -> None:
-    async with open_daemon(config) as daemon:
-        task_status.started(daemon)
-        await trio.sleep_forever()
 
 
 def _config(sim: GatewaySimulator, **events: Any) -> Any:
@@ -59,7 +52,7 @@ async def test_a_resync_after_a_drop_gives_back_what_the_stream_missed(
     nursery: trio.Nursery, sim: GatewaySimulator
 ) -> None:
     with trio.fail_after(60):
-        daemon = await nursery.start(_serve, _config(sim))
+        daemon = await nursery.start(serve_daemon, _config(sim))
         hub, connector = daemon.hub, daemon.connector
         assert hub is not None and connector is not None
         await wait_until(lambda: len(_resyncs(hub, "orders")) == 1)  # the first session's
@@ -99,7 +92,9 @@ async def test_pnl_and_trades_are_resynced_when_captured(
     nursery: trio.Nursery, sim: GatewaySimulator
 ) -> None:
     with trio.fail_after(60):
-        daemon = await nursery.start(_serve, _config(sim, channels=["orders", "pnl", "trades"]))
+        daemon = await nursery.start(
+            serve_daemon, _config(sim, channels=["orders", "pnl", "trades"])
+        )
         hub = daemon.hub
         await wait_until(lambda: hub.head("trades") >= 1)  # subscribed
         await sim.emit_trades(2)
