@@ -88,6 +88,18 @@ async def test_a_finished_order_is_dropped_after_the_ttl(autojump_clock: object)
     assert set(items) == {"8"}  # the working order stays, however old
 
 
+async def test_finished_orders_are_bounded_the_oldest_dropped_first(monkeypatch) -> None:
+    from bezant_trio.store import state
+
+    monkeypatch.setattr(state, "MAX_FINISHED_ORDERS", 3)
+    hub = await _hub()
+    hub.publish("orders", _sor({"orderId": 100, "status": "Submitted"}))
+    for order_id in range(1, 6):
+        hub.publish("orders", _sor({"orderId": order_id, "status": "Filled"}))
+    items = hub.state.answer(hub.state.orders, 1)["items"]
+    assert set(items) == {"100", "3", "4", "5"}  # the working order is never dropped
+
+
 async def test_a_resync_merges_the_gateway_s_orders_after_a_gap() -> None:
     hub = await _hub()
     hub.publish("orders", _sor(FULL_ORDER))

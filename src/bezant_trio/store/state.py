@@ -13,7 +13,8 @@ Resync events (``{"reason": "resync", "source", "data"}``, published by the
 connector after every gap) merge the gateway's REST truth in the same way.
 
 Memory is bounded: a finished order (filled, cancelled, rejected, inactive)
-is dropped ``finished_ttl`` seconds after it finished; a quote is kept while
+is dropped ``finished_ttl`` seconds after it finished, and at most
+``MAX_FINISHED_ORDERS`` are kept (the oldest go first); a quote is kept while
 its conid is wanted. With the durable log on, the views are saved in its
 ``meta`` table now and then and at a clean stop, and rebuilt at start from
 that snapshot plus the events after it.
@@ -36,6 +37,9 @@ __all__ = ["FINISHED_STATUSES", "StateView", "StateViews"]
 
 #: Order statuses after which nothing more happens to an order.
 FINISHED_STATUSES = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive", "Rejected"})
+#: Finished orders kept at most, the oldest dropped first: the TTL alone does
+#: not bound memory when orders finish by the thousand.
+MAX_FINISHED_ORDERS = 5000
 #: Topics (and families) that have a view.
 ORDERS, PNL = "orders", "pnl"
 #: The ``meta`` key a view's snapshot is saved under.
@@ -176,6 +180,11 @@ class StateViews:
         now = self._clock()
         view = self.orders
         expired = [k for k, at in view.finished_at.items() if now - at >= self.finished_ttl]
+        over = len(view.finished_at) - len(expired) - MAX_FINISHED_ORDERS
+        if over > 0:  # finished_at keeps insertion order: the first finished come first
+            gone = set(expired)
+            kept = (k for k in view.finished_at if k not in gone)
+            expired += [k for _, k in zip(range(over), kept, strict=False)]
         for key in expired:
             view.items.pop(key, None)
             del view.finished_at[key]
