@@ -1,0 +1,170 @@
+"""The console at ``/`` in headless Chromium, against a daemon fed by the simulator.
+
+What a person looking at the page would see: the gateway connected, an order
+appearing and moving through its statuses, the banner while the gateway is
+gone and the gap once it is back, quotes with their changed fields
+highlighted, nothing at all without the token, and a page that fits a phone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+from harness import Page, Scene, scene
+
+ORDER = "352055828"  # the simulator's first order id
+TOKEN = "console-test-token-7c1d"
+#: The whole of one test, browser and daemon included.
+TEST_TIMEOUT = 90
+
+
+async def test_the_page_shows_connected_and_an_order_moving_through_its_statuses(
+    page: Page, tmp_path: Path
+) -> None:
+    sinks = [{"name": "audit", "type": "file", "topics": ["orders"], "path": str(tmp_path / "a")}]
+    with trio.fail_after(TEST_TIMEOUT):
+        async with scene(sinks=sinks, store_path=tmp_path / "events.db") as s:
+            await page.open(s.url)
+            await page.wait_text("#gw-state", "connected")
+            assert await page.text("#banner") == ""
+            row = f'tr[data-order-id="{ORDER}"] .status'
+            for status in ("PreSubmitted", "Submitted", "Filled"):
+                await s.sim.emit_orders(1)
+                await page.wait_text(row, status)
+            await page.wait_text('tr[data-topic="orders"] td.num', "3")
+            await page.wait_present('tr[data-sink="audit"][data-state="running"]')
+            assert await page.text("#log-state") == "ok"
+            assert await page.text("#gw-account .kind") == "paper"
+    assert page.problems() == []
+
+
+async def test_dropping_the_gateway_shows_the_banner_then_the_gap_in_the_timeline(
+    page: Page,
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with scene() as s:
+            await page.open(s.url)
+            await page.wait_text("#gw-state", "connected")
+            assert await page.js("return document.querySelectorAll('#timeline li').length") == 0
+            # Logged out while dropped: the daemon cannot reconnect until the login is back,
+            # so the banner stays up long enough to be seen.
+            s.sim.set_authenticated(False)
+            await s.sim.drop_connections()
+            banner = await page.wait_contains("#banner", "Not receiving from the gateway")
+            assert "needs_login" in banner
+            assert await page.js("return document.getElementById('banner').ariaLive") == (
+                "assertive"
+            )
+            s.sim.set_authenticated(True)
+            await page.wait_text("#gw-state", "connected")
+            await page.wait_present('#timeline li[data-reason="reconnected_after_disconnect"]')
+            await page.wait_text("#banner", "")
+            assert await page.text("#gw-reconnects") == "1"
+    assert page.problems() == []
+
+
+async def test_quotes_of_wanted_conids_show_and_a_changed_field_is_highlighted(
+    page: Page,
+) -> None:
+    conid = 265598
+    last = f'tr[data-conid="{conid}"] td[data-field="31"]'
+    with trio.fail_after(TEST_TIMEOUT):
+        async with scene(conids=(conid,)) as s:
+            await s.sim.wait_subscribed(f"marketdata:{conid}", timeout=20)
+            await s.sim.emit_marketdata(conid, 1)
+            await page.open(s.url)
+            await page.wait_text(last, "382.90")
+            # Record every time the cell is highlighted, however short the highlight.
+            await page.js(
+                "window.flashes = 0; const cell = document.querySelector(arguments[0]);"
+                "new MutationObserver(() => { if (cell.classList.contains('changed'))"
+                " window.flashes += 1; }).observe(cell, {attributes: true});",
+                last,
+            )
+            await s.sim.emit_marketdata(conid, 1)
+            await page.wait_text(last, "382.91")
+            await page.wait_for("the changed last price highlighted", lambda d: d.execute_script(
+                "return window.flashes"
+            ))  # fmt: skip
+            # The page only reads: its polls want no conid of their own.
+            assert s.daemon.wants.wanted() == [conid]
+    assert page.problems() == []
+
+
+async def test_with_a_token_the_page_shows_no_data_until_the_token_is_given(page: Page) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with scene(token=TOKEN) as s:
+            await s.sim.emit_orders(1)
+            await page.open(s.url)
+            await page.wait_for("the token form", lambda d: d.execute_script(
+                "return !document.getElementById('login').hidden"
+            ))  # fmt: skip
+            assert await page.js("return document.getElementById('data').hidden") is True
+            source = await trio.to_thread.run_sync(lambda: page.driver.page_source)
+            assert ORDER not in source and "simuser" not in source and "DU1234" not in source
+            # The page asked for data, and every such request was refused.
+            answered = _data_answers(s)
+            assert answered and set(answered) == {"401"}, answered
+
+            await _submit_token(page, "wrong-token")
+            await page.wait_contains("#login-error", "refused")
+            assert await page.js("return document.getElementById('data').hidden") is True
+
+            await _submit_token(page, TOKEN)
+            await page.wait_text("#gw-state", "connected")
+            await page.wait_text(f'tr[data-order-id="{ORDER}"] .status', "PreSubmitted")
+            assert await page.js("return sessionStorage.getItem('bezant-trio.token')") == TOKEN
+            urls = await page.js("return performance.getEntriesByType('resource').map(e => e.name)")
+            assert not [u for u in urls if TOKEN in u], "the token must never be in a URL"
+
+            # Asked once: a reload of the tab keeps the token.
+            await page.open(s.url)
+            await page.wait_text("#gw-state", "connected")
+            assert await page.js("return document.getElementById('login').hidden") is True
+
+            await page.js("document.getElementById('forget-token').click()")
+            await page.wait_for("the token form again", lambda d: d.execute_script(
+                "return !document.getElementById('login').hidden"
+            ))  # fmt: skip
+            assert await page.text("#orders-body") == ""
+            assert await page.js("return sessionStorage.getItem('bezant-trio.token')") is None
+    assert page.problems() == []
+
+
+async def test_at_phone_width_the_page_fits_and_tables_scroll_inside_it(page: Page) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with scene() as s:
+            await trio.to_thread.run_sync(page.driver.set_window_size, 390, 844)
+            await page.open(s.url)
+            await page.wait_text("#gw-state", "connected")
+            await s.sim.emit_orders(1)
+            await page.wait_present(f'tr[data-order-id="{ORDER}"]')
+            overflow = await page.js(
+                "const e = document.documentElement; return e.scrollWidth - e.clientWidth"
+            )
+            assert overflow <= 0, f"the page is {overflow}px wider than a phone's screen"
+            # Wide tables scroll in their own region, which a keyboard can reach.
+            assert await page.js(
+                "return [...document.querySelectorAll('.scroll')]"
+                ".every(e => e.tabIndex === 0 && e.getAttribute('role') === 'region')"
+            )
+    assert page.problems() == []
+
+
+def _data_answers(s: Scene) -> dict[str, int]:
+    """Requests to data routes the daemon answered so far, by status."""
+    assert s.daemon.http is not None
+    counts: dict[str, int] = {}
+    for (route, _method, status), n in s.daemon.http.metrics.http_requests.items():
+        if route.startswith(("/events", "/state", "/metrics", "/openapi")):
+            counts[status] = counts.get(status, 0) + n
+    return counts
+
+
+async def _submit_token(page: Page, token: str) -> None:
+    await page.js(
+        "const input = document.getElementById('token-input'); input.value = arguments[0];"
+        "document.getElementById('login-form').requestSubmit();",
+        token,
+    )
