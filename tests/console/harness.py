@@ -229,7 +229,8 @@ async def scene(
             async with open_daemon(config) as daemon:
                 for conid in conids:
                     daemon.wants.want(conid)
-                await sim.wait_subscribed("orders", timeout=PAGE_TIMEOUT)
+                for channel in ("orders", "pnl", "trades"):
+                    await sim.wait_subscribed(channel, timeout=PAGE_TIMEOUT)
                 yield Scene(sim, daemon)
         finally:
             sim.stop()

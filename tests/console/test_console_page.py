@@ -39,13 +39,15 @@ async def test_the_page_shows_connected_and_an_order_moving_through_its_statuses
     assert page.problems() == []
 
 
-async def test_dropping_the_gateway_shows_the_banner_then_the_gap_in_the_timeline(
+async def test_dropping_the_gateway_shows_the_banner_then_the_gap_and_resyncs_in_the_timeline(
     page: Page,
 ) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         async with scene() as s:
+            await s.sim.emit_pnl(1)
             await page.open(s.url)
             await page.wait_text("#gw-state", "connected")
+            await page.wait_present('tr[data-topic="pnl"]')
             assert await page.js("return document.querySelectorAll('#timeline li').length") == 0
             # Logged out while dropped: the daemon cannot reconnect until the login is back,
             # so the banner stays up long enough to be seen.
@@ -61,6 +63,43 @@ async def test_dropping_the_gateway_shows_the_banner_then_the_gap_in_the_timelin
             await page.wait_present('#timeline li[data-reason="reconnected_after_disconnect"]')
             await page.wait_text("#banner", "")
             assert await page.text("#gw-reconnects") == "1"
+            # The REST truth fetched after a gap, as the connector publishes it.
+            epoch = s.daemon.hub.reset_epoch
+            s.daemon.hub.publish("orders", _resync("/iserver/account/orders", epoch, {
+                "orders": [{"orderId": 424242, "status": "Submitted", "ticker": "MSFT"}]
+            }))  # fmt: skip
+            s.daemon.hub.publish("pnl", _resync("/iserver/account/pnl/partitioned", epoch, {}))
+            await page.wait_present('#timeline li[data-kind="resync"][data-topic="orders"]')
+            await page.wait_present('#timeline li[data-kind="resync"][data-topic="pnl"]')
+            await page.wait_text('tr[data-order-id="424242"] .status', "Submitted")
+    assert page.problems() == []
+
+
+def _resync(source: str, epoch: int, data: object) -> dict[str, object]:
+    return {"reason": "resync", "source": source, "new_reset_epoch": epoch, "data": data}
+
+
+async def test_a_degraded_log_is_shown_loudly_until_it_recovers(page: Page, tmp_path: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with scene(store_path=tmp_path / "events.db") as s:
+            await page.open(s.url)
+            await page.wait_text("#log-state", "ok")
+            hub = s.daemon.hub
+            assert hub is not None and hub.event_log is not None
+            # A real SQLITE_FULL: the database may not grow past its current size.
+            writer = hub.event_log._conn
+            pages = writer.execute("PRAGMA page_count").fetchone()[0]
+            writer.execute(f"PRAGMA max_page_count={pages}")
+            for i in range(2000):
+                hub.publish("filler", {"i": i, "pad": "x" * 200})
+            await page.wait_text("#log-state", "degraded")
+            await page.wait_contains("#banner", "Event log degraded")
+            assert await page.js("return document.getElementById('banner').dataset.level") == (
+                "error"
+            )
+            writer.execute("PRAGMA max_page_count=1073741823")
+            await page.wait_text("#log-state", "ok")
+            await page.wait_text("#banner", "")
     assert page.problems() == []
 
 

@@ -735,9 +735,9 @@ function renderGateway(status) {
 function renderLog(log) {
   const badge = byId("log-state");
   if (!log) {
-    badge.textContent = "off";
+    badge.textContent = "off: memory only (set store.path to keep events across restarts)";
     badge.dataset.state = "off";
-    setText("log-error", "memory only: set store.path to keep events across restarts");
+    setText("log-error", null);
     for (const id of ["log-size", "log-events", "log-oldest", "log-latency", "log-backlog"]) setText(id, null);
     return;
   }
@@ -766,6 +766,12 @@ function bannerText(status, ready) {
     lines.push(`Event log degraded: ${display(status.log.last_error)}. Events are kept in memory until it can write again.`);
   }
   return lines.join(" ");
+}
+
+/** Words for a request that failed: the daemon's own message, or why it could not be reached. */
+function trouble(err) {
+  if (err instanceof HttpError) return `The daemon answered ${err.status}: ${err.message}`;
+  return `Cannot reach the daemon at ${location.origin} (${err.message})`;
 }
 
 function setBanner(message, level = "warn") {
@@ -876,8 +882,8 @@ class Session {
       } catch (err) {
         if (signal.aborted) return;
         if (err instanceof Unauthorized) return this.fail(err);
-        setBanner(`Cannot reach the daemon at ${location.origin}: ${err.message}. Retrying every second.`, "error");
-        setText("summary", "daemon unreachable");
+        setBanner(`${trouble(err)}. Retrying every second.`, "error");
+        setText("summary", err instanceof HttpError ? "daemon answered an error" : "daemon unreachable");
       }
     }
   }
@@ -954,7 +960,7 @@ async function openSession() {
     }
     session.stop();
     session = null;
-    setBanner(`Cannot reach the daemon at ${location.origin}: ${err.message}. Retrying.`, "error");
+    setBanner(`${trouble(err)}. Retrying.`, "error");
     setTimeout(openSession, 2000);
   }
 }
