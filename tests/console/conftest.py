@@ -46,5 +46,5 @@ def page(browser: Browser, request: pytest.FixtureRequest, tmp_path: Path) -> It
     report = request.node.stash.get(_CALL_REPORT, None)
     if report is not None and report.failed:
         tab.screenshot("failure")
-    browser.driver.set_window_size(1280, 900)
+    browser.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     browser.driver.get("about:blank")

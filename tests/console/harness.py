@@ -104,6 +104,17 @@ class Page:
     async def open(self, url: str) -> None:
         await trio.to_thread.run_sync(self.driver.get, url)
 
+    async def emulate_width(self, width: int, height: int = 844) -> None:
+        """Lay the page out at ``width`` CSS pixels, as a phone would.
+
+        A headless window cannot be narrower than 500 pixels, so this is
+        Chromium's device emulation, not a window size.
+        """
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": True}
+        await trio.to_thread.run_sync(
+            lambda: self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+        )
+
     async def js(self, script: str, *args: Any) -> Any:
         return await trio.to_thread.run_sync(lambda: self.driver.execute_script(script, *args))
 

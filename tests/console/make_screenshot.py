@@ -1,6 +1,6 @@
 """Write a screenshot of the console, fed by the simulator, to a PNG (docs/console.png).
 
-    .venv/bin/python tests/console/make_screenshot.py docs/console.png [--seconds 40]
+    .venv/bin/python tests/console/make_screenshot.py docs/console.png [--seconds 64] [--width 1280]
 
 Runs a simulator streaming orders, PnL, trades and two conids' quotes into a
 daemon with a durable log and a file sink, drops the gateway once (a gap and
@@ -26,7 +26,7 @@ from harness import PAGE_TIMEOUT, browser_missing, scene, start_browser
 CONIDS = (265598, 8314)
 
 
-async def capture(out: Path, seconds: float) -> None:
+async def capture(out: Path, seconds: float, width: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bezant-shot-") as tmp:
         work = Path(tmp)
         sinks = [
@@ -40,9 +40,21 @@ async def capture(out: Path, seconds: float) -> None:
         async with scene(store_path=work / "events.db", sinks=sinks, conids=CONIDS) as s:
             for conid in CONIDS:
                 await s.sim.wait_subscribed(f"marketdata:{conid}", timeout=PAGE_TIMEOUT)
-            s.sim.start_stream({"orders": 0.7, "pnl": 1.0, "trades": 0.3, "marketdata": 3.0})
-            browser = await trio.to_thread.run_sync(lambda: start_browser(width=1280, height=1000))
+            s.sim.start_stream({"orders": 0.35, "pnl": 1.0, "trades": 0.3, "marketdata": 3.0})
+            browser = await trio.to_thread.run_sync(lambda: start_browser(width=width, height=1000))
             try:
+                if width < 500:  # narrower than a headless window can be: emulate a phone
+                    metrics = {
+                        "width": width,
+                        "height": 844,
+                        "deviceScaleFactor": 1,
+                        "mobile": True,
+                    }
+                    await trio.to_thread.run_sync(
+                        browser.driver.execute_cdp_cmd,
+                        "Emulation.setDeviceMetricsOverride",
+                        metrics,
+                    )
                 await trio.to_thread.run_sync(browser.driver.get, s.url)
                 await trio.sleep(seconds / 2)
                 await s.sim.drop_connections()
@@ -73,13 +85,14 @@ def _full_page_png(driver: Any, out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--seconds", type=float, default=40.0)
+    parser.add_argument("--seconds", type=float, default=64.0, help="how long the page runs")
+    parser.add_argument("--width", type=int, default=1280, help="window width in CSS pixels")
     args = parser.parse_args()
     missing = browser_missing()
     if missing:
         print(f"make_screenshot: {missing}", file=sys.stderr)
         return 2
-    trio.run(capture, args.out, args.seconds)
+    trio.run(capture, args.out, args.seconds, args.width)
     print(f"wrote {args.out}")
     return 0
 

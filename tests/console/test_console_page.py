@@ -174,8 +174,9 @@ async def test_with_a_token_the_page_shows_no_data_until_the_token_is_given(page
 async def test_at_phone_width_the_page_fits_and_tables_scroll_inside_it(page: Page) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         async with scene() as s:
-            await trio.to_thread.run_sync(page.driver.set_window_size, 390, 844)
+            await page.emulate_width(390)
             await page.open(s.url)
+            assert await page.js("return window.innerWidth") == 390
             await page.wait_text("#gw-state", "connected")
             await s.sim.emit_orders(1)
             await page.wait_present(f'tr[data-order-id="{ORDER}"]')

@@ -17,6 +17,8 @@
 
 const POLL_MS = 1000;
 const RATE_WINDOW_S = 60;
+/** Samples each point of a sparkline averages over. */
+const SMOOTHING = 5;
 const TOKEN_KEY = "bezant-trio.token";
 /** Order statuses after which nothing more happens to an order (store/state.py). */
 const FINISHED = new Set(["Filled", "Cancelled", "ApiCancelled", "Inactive", "Rejected"]);
@@ -438,11 +440,15 @@ class Rates {
     return ((last.counts[topic] ?? 0) - (first.counts[topic] ?? 0)) / (last.at - first.at);
   }
 
-  /** The rate of each interval between samples, oldest first. */
+  /**
+   * The rate at each sample, oldest first, over the SMOOTHING samples before it:
+   * a topic with one event a second, sampled once a second, reads as a line,
+   * not as spikes of 0 and 2.
+   */
   series(topic) {
     const out = [];
     for (let i = 1; i < this.samples.length; i += 1) {
-      const a = this.samples[i - 1];
+      const a = this.samples[Math.max(0, i - SMOOTHING)];
       const b = this.samples[i];
       out.push(((b.counts[topic] ?? 0) - (a.counts[topic] ?? 0)) / Math.max(b.at - a.at, 0.001));
     }
