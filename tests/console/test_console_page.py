@@ -192,6 +192,91 @@ async def test_at_phone_width_the_page_fits_and_tables_scroll_inside_it(page: Pa
     assert page.problems() == []
 
 
+SSE_BODY = (
+    "retry: 1500\n: stream of orders after cursor 0\n\n"
+    'id: 1\nevent: orders\ndata: {"a":1}\n\n'
+    ": heartbeat\n\n"
+    "id: 2\r\ndata: line one\r\ndata:line two\r\n\r\n"
+    "id: 3\rdata: \u00e9t\u00e9 \u2713\r\r"
+)
+SSE_MESSAGES = [
+    {"retry": 1500},
+    {"id": "1", "event": "orders", "data": '{"a":1}'},
+    {"id": "2", "data": "line one\nline two"},
+    {"id": "3", "data": "\u00e9t\u00e9 \u2713"},
+]
+
+
+async def test_the_stream_parser_reads_messages_however_the_bytes_are_split(page: Page) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with scene() as s:
+            await page.open(s.url)
+            await page.wait_text("#gw-state", "connected")
+            # Every split of the body in two, and one byte at a time (UTF-8 split mid-character).
+            results = await trio.to_thread.run_sync(
+                lambda: page.driver.execute_async_script(
+                    """
+                    const [text, done] = arguments;
+                    (async () => {
+                      const { sseMessages } = await import("/console/console.js");
+                      const bytes = new TextEncoder().encode(text);
+                      const splits = [...Array(bytes.length + 1).keys()].map((i) => [
+                        bytes.slice(0, i), bytes.slice(i),
+                      ]);
+                      splits.push([...bytes].map((b) => new Uint8Array([b])));
+                      const out = [];
+                      for (const chunks of splits) {
+                        const body = new ReadableStream({
+                          start(c) { chunks.forEach((x) => c.enqueue(x)); c.close(); },
+                        });
+                        const messages = [];
+                        for await (const m of sseMessages(body)) messages.push(m);
+                        out.push(messages);
+                      }
+                      return out;
+                    })().then(done, (e) => done(String(e)));
+                    """,
+                    SSE_BODY,
+                )
+            )
+    assert isinstance(results, list), results
+    assert len(results) == len(SSE_BODY.encode()) + 2
+    for messages in results:
+        assert messages == SSE_MESSAGES
+
+
+async def test_order_records_and_rates_are_read_as_the_daemon_means_them(page: Page) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with scene() as s:
+            await page.open(s.url)
+            await page.wait_text("#gw-state", "connected")
+            got = await trio.to_thread.run_sync(
+                lambda: page.driver.execute_async_script(
+                    """
+                    const done = arguments[0];
+                    import("/console/console.js").then(({ ordersIn, Rates }) => {
+                      const order = { orderId: 7, status: "Submitted" };
+                      const orders = [
+                        ordersIn({ topic: "sor", args: [order, 3, null] }),
+                        ordersIn({ reason: "resync", data: [order] }),
+                        ordersIn({ reason: "resync", data: { orders: [order] } }),
+                        ordersIn({ reason: "reconnected_after_disconnect", new_reset_epoch: 2 }),
+                      ].map((list) => list.length);
+                      const rates = new Rates();
+                      rates.add({ orders: 0 }, 0);
+                      const none = rates.rate("orders");
+                      for (let t = 1; t <= 90; t += 1) rates.add({ orders: 2 * t, pnl: t }, t);
+                      const window = rates.samples.at(-1).at - rates.samples[0].at;
+                      const steady = [rates.rate("orders"), rates.rate("pnl"), window];
+                      rates.add({ orders: 1 }, 91); // a restarted daemon counts from 0 again
+                      done({ orders, none, steady, after: rates.samples.length });
+                    }, (e) => done(String(e)));
+                    """
+                )
+            )
+    assert got == {"orders": [1, 1, 1, 0], "none": None, "steady": [2, 1, 60], "after": 1}
+
+
 def _data_answers(s: Scene) -> dict[str, int]:
     """Requests to data routes the daemon answered so far, by status."""
     assert s.daemon.http is not None

@@ -197,15 +197,21 @@ async function* sseMessages(body) {
   try {
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) return;
-      buffer += value;
+      if (done) {
+        // A "\r" at the very end ends its line; anything else left is an unfinished line.
+        if (!buffer.endsWith("\r")) return;
+        buffer += "\n";
+      } else {
+        buffer += value;
+      }
       // A "\r" at the very end may be the first half of a "\r\n": keep it for the next chunk.
       const lines = buffer.split(/\r\n|\r(?!$)|\n/);
       buffer = lines.pop();
       for (const line of lines) {
         if (line === "") {
-          if (data.length) message.data = data.join("\n");
-          if (message.data !== undefined || message.id !== undefined) yield message;
+          const joined = data.join("\n");
+          if (joined !== "") message.data = joined;
+          if (Object.keys(message).length) yield message;
           message = {};
           data = [];
           continue;
@@ -220,6 +226,7 @@ async function* sseMessages(body) {
         else if (field === "event") message.event = value;
         else if (field === "retry" && /^\d+$/.test(value)) message.retry = Number(value);
       }
+      if (done) return;
     }
   } finally {
     reader.cancel().catch(() => {});
@@ -803,6 +810,7 @@ class Session {
     this.resyncs = new ResyncWatch(this.timeline);
     this.gapCursor = null;
     this.stream = null;
+    this.renderPending = false;
   }
 
   stop() {
@@ -833,16 +841,36 @@ class Session {
     }).start();
   }
 
+  /** Take the state again (the stream skipped events the daemon no longer keeps). */
+  async reloadOrders() {
+    const { signal } = this.controller;
+    while (!signal.aborted) {
+      try {
+        await this.loadOrders();
+        return;
+      } catch (err) {
+        if (err instanceof Unauthorized) return this.fail(err);
+        await sleep(2000, signal); // the banner says why, from the status polls
+      }
+    }
+  }
+
   orderEvent(event) {
     const payload = event.payload ?? {};
     if (payload.reason === "cursor_expired") {
-      // The stream skipped events the daemon no longer keeps: take the state again.
-      this.loadOrders().catch((err) => this.fail(err));
+      this.stream?.stop();
+      this.reloadOrders();
       return;
     }
     if (String(payload.reason ?? "").startsWith("resync")) this.timeline.add(`orders:${event.cursor}`, event, "orders");
     this.orders.merge(ordersIn(payload));
-    renderOrders(this.orders, this.orderRows);
+    // A burst of frames is drawn once: the table is redrawn at most every 50 ms.
+    if (this.renderPending) return;
+    this.renderPending = true;
+    setTimeout(() => {
+      this.renderPending = false;
+      renderOrders(this.orders, this.orderRows);
+    }, 50);
   }
 
   async loadTimeline(status) {
@@ -988,3 +1016,6 @@ byId("forget-token").addEventListener("click", () => {
 });
 
 openSession();
+
+// For the browser tests (tests/console), which import the module the page already runs.
+export { Rates, ordersIn, sseMessages };
