@@ -207,3 +207,14 @@ async def test_the_page_has_no_inline_script_or_style_and_loads_only_its_own_fil
         assert sink not in js, sink
     # EventSource cannot send the token header; the page must not fall back to it.
     assert "new EventSource" not in js
+
+
+def test_the_demo_prints_the_console_url(capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    from bezant_trio.cli import _announce_demo
+    from bezant_trio.wants import Wants
+
+    daemon = SimpleNamespace(wants=Wants(10), http_url="http://127.0.0.1:8080")
+    _announce_demo(daemon, "https://127.0.0.1:5000/v1/api", [265598])
+    assert "console: open http://127.0.0.1:8080/ in a browser" in capsys.readouterr().out

@@ -708,8 +708,8 @@ class ResyncWatch {
 
 const GATEWAY_WORDS = {
   connecting: "connecting to the gateway",
-  needs_login: "the gateway needs a login (a person must log in)",
-  session_down: "the brokerage session is down (recovery in progress)",
+  needs_login: "a person must log in at the gateway",
+  session_down: "the brokerage session is down; recovery is in progress",
   competing: "another login holds the session",
   gateway_unreachable: "the gateway cannot be reached",
   gateway_silent: "the gateway opened the socket but sent no ready frame",
@@ -764,19 +764,27 @@ function renderLog(log) {
   setText("log-backlog", log.backlog);
 }
 
+/** `text` as a sentence: a capital first letter and one full stop. */
+function sentence(text) {
+  const trimmed = String(text).trim().replace(/[.\s]+$/, "");
+  return `${trimmed.charAt(0).toUpperCase()}${trimmed.slice(1)}.`;
+}
+
 /** The banner's words: empty when the daemon is reachable, connected, receiving, its log healthy. */
 function bannerText(status, ready) {
   const lines = [];
   const state = status.state;
   if (state && state !== "connected") {
-    const retry = status.next_retry_in !== null && status.next_retry_in !== undefined ? ` Retrying in ${duration(status.next_retry_in)}.` : "";
-    const error = status.last_error ? `: ${status.last_error}` : "";
-    lines.push(`Not receiving from the gateway (${state}, ${GATEWAY_WORDS[state] ?? "disconnected"})${error}.${retry}`);
+    const retryIn = status.next_retry_in;
+    let retry = "";
+    if (typeof retryIn === "number") retry = retryIn < 1 ? " Retrying now." : ` Retrying in ${duration(retryIn)}.`;
+    const error = status.last_error ? ` ${sentence(status.last_error)}` : "";
+    lines.push(`Not receiving from the gateway: ${state}, ${GATEWAY_WORDS[state] ?? "disconnected"}.${error}${retry}`);
   } else if (ready && ready.status !== 200 && ready.body?.reason) {
-    lines.push(`Not ready: ${ready.body.reason}.`);
+    lines.push(`Not ready: ${sentence(ready.body.reason)}`);
   }
   if (status.log?.state === "degraded") {
-    lines.push(`Event log degraded: ${display(status.log.last_error)}. Events are kept in memory until it can write again.`);
+    lines.push(`Event log degraded: ${sentence(display(status.log.last_error))} Events are kept in memory until it can write again.`);
   }
   return lines.join(" ");
 }
