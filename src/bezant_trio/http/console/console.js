@@ -78,7 +78,8 @@ document.addEventListener("animationend", (event) => event.target.classList?.rem
 
 // ------------------------------------------------------------------- formatting
 
-const display = (value) => (value === null || value === undefined || value === "" ? "—" : String(value));
+const display = (value) =>
+  value === null || value === undefined || value === "" ? "—" : String(value);
 const words = (reason) => display(reason).replaceAll("_", " ");
 
 /** The daemon's clock minus the browser's, from the Date header (ms; 0 when close). */
@@ -178,7 +179,14 @@ async function getJson(path, signal, { accept = [] } = {}) {
 function sleep(ms, signal) {
   return new Promise((resolve) => {
     const timer = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
+    signal.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(timer);
+        resolve();
+      },
+      { once: true },
+    );
   });
 }
 
@@ -351,7 +359,8 @@ class Orders {
     const finished = [...this.items].filter(([, r]) => FINISHED.has(r.status));
     if (finished.length <= MAX_FINISHED_KEPT) return;
     finished.sort(([, a], [, b]) => a._rev - b._rev);
-    for (const [key] of finished.slice(0, finished.length - MAX_FINISHED_KEPT)) this.items.delete(key);
+    for (const [key] of finished.slice(0, finished.length - MAX_FINISHED_KEPT))
+      this.items.delete(key);
   }
 
   /** Working orders first, then finished ones; the most recently updated first in each. */
@@ -386,7 +395,8 @@ function renderOrders(orders, rows) {
     let row = rows.get(key);
     if (row === undefined) {
       row = el("tr", { "data-order-id": key });
-      for (let i = 0; i < 8; i += 1) row.append(el(i === 0 ? "th" : "td", i === 0 ? { scope: "row" } : {}));
+      for (let i = 0; i < 8; i += 1)
+        row.append(el(i === 0 ? "th" : "td", i === 0 ? { scope: "row" } : {}));
       row.cells[4].className = "num";
       row.cells[5].className = "num";
       row.cells[6].classList.add("status");
@@ -435,9 +445,11 @@ class Rates {
   add(published, at) {
     const last = this.samples.at(-1);
     // A count that went down is a restarted daemon: its counts start again.
-    if (last && Object.entries(last.counts).some(([t, n]) => (published[t] ?? 0) < n)) this.samples = [];
+    if (last && Object.entries(last.counts).some(([t, n]) => (published[t] ?? 0) < n))
+      this.samples = [];
     this.samples.push({ at, counts: { ...published } });
-    while (this.samples.length > 2 && at - this.samples[1].at >= RATE_WINDOW_S) this.samples.shift();
+    while (this.samples.length > 2 && at - this.samples[1].at >= RATE_WINDOW_S)
+      this.samples.shift();
   }
 
   rate(topic) {
@@ -477,7 +489,10 @@ function sparkline(series) {
   if (series.length > 1) {
     const start = width - series.length + 1;
     const points = series
-      .map((v, i) => `${start + i},${(height - 1 - (max > 0 ? (v / max) * (height - 2) : 0)).toFixed(2)}`)
+      .map(
+        (v, i) =>
+          `${start + i},${(height - 1 - (max > 0 ? (v / max) * (height - 2) : 0)).toFixed(2)}`,
+      )
       .join(" ");
     node.append(svg("polyline", { points, "vector-effect": "non-scaling-stroke" }));
   }
@@ -509,13 +524,24 @@ function renderTopics(status, rates) {
       "tr",
       { "data-topic": topic },
       el("th", { scope: "row" }, topic),
-      el("td", {}, el("span", { class: "rate" }, sparkline(rates.series(topic)), el("span", {}, formatRate(rate)))),
+      el(
+        "td",
+        {},
+        el(
+          "span",
+          { class: "rate" },
+          sparkline(rates.series(topic)),
+          el("span", {}, formatRate(rate)),
+        ),
+      ),
       el("td", { class: "num" }, status.head_cursors[topic]),
       ring,
       el("td", {}, ago(status.last_event_at?.[topic])),
     );
   });
-  byId("topics-body").replaceChildren(...(rows.length ? rows : [emptyRow(5, "No topic has had an event yet.")]));
+  byId("topics-body").replaceChildren(
+    ...(rows.length ? rows : [emptyRow(5, "No topic has had an event yet.")]),
+  );
 }
 
 // ------------------------------------------------------------------------ sinks
@@ -576,7 +602,9 @@ function renderSinks(status, sinkLag, signal) {
       el("td", { class: sink.last_error ? "error" : "" }, display(sink.last_error)),
     );
   });
-  byId("sinks-body").replaceChildren(...(rows.length ? rows : [emptyRow(7, "No sink is configured (sinks: in the config).")]));
+  byId("sinks-body").replaceChildren(
+    ...(rows.length ? rows : [emptyRow(7, "No sink is configured (sinks: in the config).")]),
+  );
 }
 
 // ------------------------------------------------------------------ market data
@@ -587,7 +615,10 @@ function renderQuotes(quotes, previous) {
   if (!entries.length) {
     previous.clear();
     body.replaceChildren(
-      emptyRow(8, "No conid is wanted: a poll or stream of /events/marketdata?conid=N subscribes one."),
+      emptyRow(
+        8,
+        "No conid is wanted: a poll or stream of /events/marketdata?conid=N subscribes one.",
+      ),
     );
     return;
   }
@@ -595,7 +626,11 @@ function renderQuotes(quotes, previous) {
     let row = previous.get(conid)?.row;
     const before = previous.get(conid)?.values ?? {};
     if (row === undefined) {
-      row = el("tr", { "data-conid": conid }, el("th", { scope: "row" }, conid, el("span", { class: "sub" })));
+      row = el(
+        "tr",
+        { "data-conid": conid },
+        el("th", { scope: "row" }, conid, el("span", { class: "sub" })),
+      );
       for (const field of QUOTE_FIELDS) row.append(el("td", { class: "num", "data-field": field }));
       row.append(el("td", { class: "updated" }));
     }
@@ -613,7 +648,8 @@ function renderQuotes(quotes, previous) {
   });
   for (const conid of previous.keys()) if (!(conid in (quotes ?? {}))) previous.delete(conid);
   const current = [...body.children];
-  if (current.length !== rows.length || current.some((row, i) => row !== rows[i])) body.replaceChildren(...rows);
+  if (current.length !== rows.length || current.some((row, i) => row !== rows[i]))
+    body.replaceChildren(...rows);
 }
 
 // --------------------------------------------------------------------- timeline
@@ -623,17 +659,21 @@ class Timeline {
     this.seen = new Set();
   }
 
-  add(key, event, topic) {
+  /** Add `event` of `topic` (a gap or a resync) once, however often it is read. */
+  add(event, topic) {
+    // Cursors start again after a restart without the log: the time tells such events apart.
+    const key = `${topic}:${event.cursor}:${event.received_at}`;
     if (this.seen.has(key)) return;
     this.seen.add(key);
     const payload = event.payload ?? {};
-    const reason = payload.reason ?? "gap";
+    const reason = String(payload.reason ?? "gap");
     const kind = reason.startsWith("resync") ? "resync" : "gap";
     const facts = [];
     if (payload.new_reset_epoch !== undefined) facts.push(`epoch ${payload.new_reset_epoch}`);
     if (kind === "gap") {
       const down = epochMs(payload.reconnected_at) - epochMs(payload.disconnected_at);
-      if (payload.disconnected_at && Number.isFinite(down)) facts.push(`no connection for ${(down / 1000).toFixed(1)} s`);
+      if (payload.disconnected_at && Number.isFinite(down))
+        facts.push(`no connection for ${(down / 1000).toFixed(1)} s`);
     } else {
       if (payload.source) facts.push(`from ${payload.source}`);
       if (reason === "resync") {
@@ -642,7 +682,10 @@ class Timeline {
       }
       if (payload.error) facts.push(String(payload.error));
     }
-    const title = kind === "gap" ? `Gap: ${words(reason)}` : `${reason === "resync" ? "Resync" : "Resync failed"}: ${topic}`;
+    const title =
+      kind === "gap"
+        ? `Gap: ${words(reason)}`
+        : `${reason === "resync" ? "Resync" : "Resync failed"}: ${topic}`;
     const item = el(
       "li",
       { "data-kind": kind, "data-reason": reason, "data-topic": topic },
@@ -682,7 +725,12 @@ class ResyncWatch {
     if (!sample) return; // the gap is older than this page: its resyncs are not looked for
     for (const topic of RESYNC_TOPICS) {
       if (!(topic in sample.heads)) continue;
-      this.watches.push({ topic, epoch, cursor: sample.heads[topic], until: Date.now() + RESYNC_WATCH_MS });
+      this.watches.push({
+        topic,
+        epoch,
+        cursor: sample.heads[topic],
+        until: Date.now() + RESYNC_WATCH_MS,
+      });
     }
   }
 
@@ -690,12 +738,22 @@ class ResyncWatch {
     const now = Date.now();
     this.watches = this.watches.filter((w) => w.until > now);
     for (const watch of [...this.watches]) {
-      const { body, status } = await getJson(`/events/${watch.topic}?since=${watch.cursor}&limit=200`, signal, { accept: [412] });
-      if (status !== 200) continue;
+      const { body, status } = await getJson(
+        `/events/${watch.topic}?since=${watch.cursor}&limit=200`,
+        signal,
+        { accept: [412] },
+      );
+      if (status !== 200) {
+        watch.until = 0; // 412: what followed the gap is no longer kept
+        continue;
+      }
       for (const event of body.events) {
         const payload = event.payload ?? {};
-        if (String(payload.reason ?? "").startsWith("resync") && payload.new_reset_epoch === watch.epoch) {
-          this.timeline.add(`${watch.topic}:${event.cursor}`, event, watch.topic);
+        if (
+          String(payload.reason ?? "").startsWith("resync") &&
+          payload.new_reset_epoch === watch.epoch
+        ) {
+          this.timeline.add(event, watch.topic);
           watch.until = 0;
         }
       }
@@ -731,17 +789,32 @@ function renderGateway(status) {
   );
   const gw = status.gateway ?? {};
   const kind = gw.is_paper === true ? "paper" : gw.is_paper === false ? "live" : "unknown";
-  const accounts = Array.isArray(gw.accounts) && gw.accounts.length ? ` · ${gw.accounts.join(", ")}` : "";
+  const accounts =
+    Array.isArray(gw.accounts) && gw.accounts.length ? ` · ${gw.accounts.join(", ")}` : "";
   replaceContent(
     "gw-account",
-    el("span", {}, el("span", { class: "kind", "data-kind": kind }, kind), ` ${display(gw.username)}${accounts}`),
+    el(
+      "span",
+      {},
+      el("span", { class: "kind", "data-kind": kind }, kind),
+      ` ${display(gw.username)}${accounts}`,
+    ),
   );
-  setText("gw-server", gw.server_name || gw.server_version ? `${display(gw.server_name)} ${display(gw.server_version)}` : null);
+  setText(
+    "gw-server",
+    gw.server_name || gw.server_version
+      ? `${display(gw.server_name)} ${display(gw.server_version)}`
+      : null,
+  );
   setText("gw-epoch", status.reset_epoch);
   setText("gw-reconnects", status.reconnect_count);
   replaceContent("gw-last-frame", ago(status.last_message_at));
   setText("gw-uptime", duration(status.uptime_seconds));
-  const summary = [`${state}`, `epoch ${display(status.reset_epoch)}`, `up ${duration(status.uptime_seconds)}`];
+  const summary = [
+    `${state}`,
+    `epoch ${display(status.reset_epoch)}`,
+    `up ${duration(status.uptime_seconds)}`,
+  ];
   setText("summary", summary.join(" · "));
 }
 
@@ -751,7 +824,8 @@ function renderLog(log) {
     badge.textContent = "off: memory only (set store.path to keep events across restarts)";
     badge.dataset.state = "off";
     setText("log-error", null);
-    for (const id of ["log-size", "log-events", "log-oldest", "log-latency", "log-backlog"]) setText(id, null);
+    for (const id of ["log-size", "log-events", "log-oldest", "log-latency", "log-backlog"])
+      setText(id, null);
     return;
   }
   badge.textContent = log.state;
@@ -760,13 +834,20 @@ function renderLog(log) {
   setText("log-size", bytes(log.size_bytes));
   setText("log-events", log.events);
   replaceContent("log-oldest", ago(log.oldest_received_at));
-  setText("log-latency", log.commit_latency_ms === null || log.commit_latency_ms === undefined ? null : `${log.commit_latency_ms} ms`);
+  setText(
+    "log-latency",
+    log.commit_latency_ms === null || log.commit_latency_ms === undefined
+      ? null
+      : `${log.commit_latency_ms} ms`,
+  );
   setText("log-backlog", log.backlog);
 }
 
 /** `text` as a sentence: a capital first letter and one full stop. */
 function sentence(text) {
-  const trimmed = String(text).trim().replace(/[.\s]+$/, "");
+  const trimmed = String(text)
+    .trim()
+    .replace(/[.\s]+$/, "");
   return `${trimmed.charAt(0).toUpperCase()}${trimmed.slice(1)}.`;
 }
 
@@ -777,14 +858,19 @@ function bannerText(status, ready) {
   if (state && state !== "connected") {
     const retryIn = status.next_retry_in;
     let retry = "";
-    if (typeof retryIn === "number") retry = retryIn < 1 ? " Retrying now." : ` Retrying in ${duration(retryIn)}.`;
+    if (typeof retryIn === "number")
+      retry = retryIn < 1 ? " Retrying now." : ` Retrying in ${duration(retryIn)}.`;
     const error = status.last_error ? ` ${sentence(status.last_error)}` : "";
-    lines.push(`Not receiving from the gateway: ${state}, ${GATEWAY_WORDS[state] ?? "disconnected"}.${error}${retry}`);
+    lines.push(
+      `Not receiving from the gateway: ${state}, ${GATEWAY_WORDS[state] ?? "disconnected"}.${error}${retry}`,
+    );
   } else if (ready && ready.status !== 200 && ready.body?.reason) {
     lines.push(`Not ready: ${sentence(ready.body.reason)}`);
   }
   if (status.log?.state === "degraded") {
-    lines.push(`Event log degraded: ${sentence(display(status.log.last_error))} Events are kept in memory until it can write again.`);
+    lines.push(
+      `Event log degraded: ${sentence(display(status.log.last_error))} Events are kept in memory until it can write again.`,
+    );
   }
   return lines.join(" ");
 }
@@ -870,7 +956,7 @@ class Session {
       this.reloadOrders();
       return;
     }
-    if (String(payload.reason ?? "").startsWith("resync")) this.timeline.add(`orders:${event.cursor}`, event, "orders");
+    if (String(payload.reason ?? "").startsWith("resync")) this.timeline.add(event, "orders");
     this.orders.merge(ordersIn(payload));
     // A burst of frames is drawn once: the table is redrawn at most every 50 ms.
     if (this.renderPending) return;
@@ -884,20 +970,28 @@ class Session {
   async loadTimeline(status) {
     const head = status.head_cursors?.gap ?? 0;
     const since = Math.max(0, head - TIMELINE_BACKLOG);
-    const { body } = await getJson(`/events/gap?since=${since}&limit=${TIMELINE_BACKLOG}`, this.controller.signal, { accept: [412] });
+    const { body } = await getJson(
+      `/events/gap?since=${since}&limit=${TIMELINE_BACKLOG}`,
+      this.controller.signal,
+      { accept: [412] },
+    );
     this.gapCursor = body?.next_cursor ?? head;
-    for (const event of body?.events ?? []) this.timeline.add(`gap:${event.cursor}`, event, "gap");
+    for (const event of body?.events ?? []) this.timeline.add(event, "gap");
   }
 
   async pollGaps() {
-    const { status, body } = await getJson(`/events/gap?since=${this.gapCursor}&limit=100`, this.controller.signal, { accept: [412] });
+    const { status, body } = await getJson(
+      `/events/gap?since=${this.gapCursor}&limit=100`,
+      this.controller.signal,
+      { accept: [412] },
+    );
     if (status === 412) {
       this.gapCursor = Math.max(0, (body?.head_cursor ?? 1) - 1);
       return;
     }
     if (status !== 200) return;
     for (const event of body.events) {
-      this.timeline.add(`gap:${event.cursor}`, event, "gap");
+      this.timeline.add(event, "gap");
       const epoch = event.payload?.new_reset_epoch;
       if (epoch !== undefined) this.resyncs.gapSeen(epoch);
     }
@@ -925,7 +1019,10 @@ class Session {
         if (signal.aborted) return;
         if (err instanceof Unauthorized) return this.fail(err);
         setBanner(`${trouble(err)}. Retrying every second.`, "error");
-        setText("summary", err instanceof HttpError ? "daemon answered an error" : "daemon unreachable");
+        setText(
+          "summary",
+          err instanceof HttpError ? "daemon answered an error" : "daemon unreachable",
+        );
       }
     }
   }
@@ -960,7 +1057,8 @@ class Session {
 let session = null;
 
 function clearData() {
-  for (const id of ["topics-body", "sinks-body", "orders-body", "quotes-body", "timeline"]) byId(id).replaceChildren();
+  for (const id of ["topics-body", "sinks-body", "orders-body", "quotes-body", "timeline"])
+    byId(id).replaceChildren();
   for (const node of document.querySelectorAll("#data dd[id]")) node.replaceChildren("—");
   for (const badge of [byId("gw-state"), byId("log-state")]) {
     badge.textContent = "—";
