@@ -213,6 +213,7 @@ async def scene(
     store_path: Path | None = None,
     sinks: list[dict[str, Any]] | None = None,
     conids: tuple[int, ...] = (),
+    resync: bool = True,
 ) -> AsyncIterator[Scene]:
     """Start a simulator and a daemon connected to it; stop both on exit.
 
@@ -229,6 +230,7 @@ async def scene(
                     "channels": ["orders", "pnl", "trades"],
                     "backoff": {"min": 0.1, "max": 0.5},
                     "marketdata": {"idle_unsubscribe": 0},
+                    "resync": resync,
                 },
                 "store": {"path": str(store_path) if store_path else None},
                 "sinks": sinks or [],
