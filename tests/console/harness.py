@@ -218,7 +218,8 @@ async def scene(
     """Start a simulator and a daemon connected to it; stop both on exit.
 
     Reconnects are quick (backoff 0.1 to 0.5 s) so a test that drops the
-    gateway sees it come back without waiting long.
+    gateway sees it come back without waiting long. With ``resync``, the
+    body starts once the start-up resync of orders, PnL and trades is in.
     """
     async with trio.open_nursery() as nursery:
         sim = await nursery.start(GatewaySimulator().run)
@@ -244,6 +245,14 @@ async def scene(
                     daemon.wants.want(conid)
                 for channel in ("orders", "pnl", "trades"):
                     await sim.wait_subscribed(channel, timeout=PAGE_TIMEOUT)
+                if resync:
+                    # The first resync lands in each topic before the test's own
+                    # frames, so it cannot put an older status over theirs.
+                    hub = daemon.hub
+                    assert hub is not None
+                    with trio.fail_after(PAGE_TIMEOUT):
+                        for topic in ("orders", "pnl", "trades"):
+                            await hub.wait(topic, 0, PAGE_TIMEOUT)
                 yield Scene(sim, daemon)
         finally:
             sim.stop()

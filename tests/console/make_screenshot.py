@@ -37,11 +37,7 @@ async def capture(out: Path, seconds: float, width: int) -> None:
                 "path": str(work / "audit.jsonl"),
             }
         ]
-        # No resync: the simulator does not serve the REST routes a resync reads, and a
-        # timeline of "resync failed: 404" would picture a fault a real gateway does not have.
-        async with scene(
-            store_path=work / "events.db", sinks=sinks, conids=CONIDS, resync=False
-        ) as s:
+        async with scene(store_path=work / "events.db", sinks=sinks, conids=CONIDS) as s:
             for conid in CONIDS:
                 await s.sim.wait_subscribed(f"marketdata:{conid}", timeout=PAGE_TIMEOUT)
             s.sim.start_stream({"orders": 0.35, "pnl": 1.0, "trades": 0.3, "marketdata": 3.0})

@@ -32,7 +32,16 @@ async def test_the_page_shows_connected_and_an_order_moving_through_its_statuses
             for status in ("PreSubmitted", "Submitted", "Filled"):
                 await s.sim.emit_orders(1)
                 await page.wait_text(row, status)
-            await page.wait_text('tr[data-topic="orders"] td.num', "3")
+            head = 'tr[data-topic="orders"] td.num'
+            await page.wait_for(
+                "the orders topic's head cursor",
+                lambda d: (
+                    d.execute_script(
+                        "return document.querySelector(arguments[0])?.textContent", head
+                    )
+                    == str(s.daemon.hub.head("orders"))
+                ),
+            )
             await page.wait_present('tr[data-sink="audit"][data-state="running"]')
             assert await page.text("#log-state") == "ok"
             assert await page.text("#gw-account .kind") == "paper"

@@ -686,16 +686,19 @@ class Timeline {
       kind === "gap"
         ? `Gap: ${words(reason)}`
         : `${reason === "resync" ? "Resync" : "Resync failed"}: ${topic}`;
+    const at = epochMs(event.received_at) ?? 0;
     const item = el(
       "li",
-      { "data-kind": kind, "data-reason": reason, "data-topic": topic },
+      { "data-kind": kind, "data-reason": reason, "data-topic": topic, "data-at": at },
       clockTime(event.received_at),
       " ",
       el("strong", {}, title),
       facts.length ? el("span", { class: "sub" }, ` · ${facts.join(" · ")}`) : null,
     );
+    // Newest first, by when the daemon received each: they arrive from several reads.
     const list = byId("timeline");
-    list.prepend(item);
+    const older = [...list.children].find((li) => Number(li.dataset.at) < at);
+    list.insertBefore(item, older ?? null);
     while (list.children.length > MAX_TIMELINE) list.lastElementChild.remove();
   }
 }
