@@ -8,6 +8,7 @@ highlighted, nothing at all without the token, and a page that fits a phone.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import trio
@@ -22,7 +23,17 @@ TEST_TIMEOUT = 90
 async def test_the_page_shows_connected_and_an_order_moving_through_its_statuses(
     page: Page, tmp_path: Path
 ) -> None:
-    sinks = [{"name": "audit", "type": "file", "topics": ["orders"], "path": str(tmp_path / "a")}]
+    sinks = [
+        {"name": "audit", "type": "file", "topics": ["orders"], "path": str(tmp_path / "a")},
+        # Nobody listens on port 9: this sink retries and falls behind.
+        {
+            "name": "hook",
+            "type": "webhook",
+            "url": "http://127.0.0.1:9/hook",
+            "topics": ["orders"],
+            "retry": {"min": 0.5, "max": 1},
+        },
+    ]
     with trio.fail_after(TEST_TIMEOUT):
         async with scene(sinks=sinks, store_path=tmp_path / "events.db") as s:
             await page.open(s.url)
@@ -43,6 +54,17 @@ async def test_the_page_shows_connected_and_an_order_moving_through_its_statuses
                 ),
             )
             await page.wait_present('tr[data-sink="audit"][data-state="running"]')
+            # The lagging sink: its state, the events it has not delivered, and for how long.
+            await page.wait_present('tr[data-sink="hook"][data-state="retrying"]')
+            lag = 'tr[data-sink="hook"] td:nth-of-type(3)'
+            await page.wait_for(
+                "the hook sink's lag in time",
+                lambda d: re.fullmatch(
+                    r"\d+ s",
+                    d.execute_script(f"return document.querySelector('{lag}').textContent"),
+                ),
+            )
+            assert int(await page.text('tr[data-sink="hook"] td:nth-of-type(2)') or 0) >= 1
             assert await page.text("#log-state") == "ok"
             assert await page.text("#gw-account .kind") == "paper"
     assert page.problems() == []

@@ -31,6 +31,8 @@ const TIMELINE_BACKLOG = 50;
 const RESYNC_TOPICS = ["trades", "pnl"];
 const RESYNC_WATCH_MS = 60_000;
 const STREAM_RETRY_MAX_MS = 10_000;
+/** Topics a read of which records a want (subscribes upstream): the console never reads them. */
+const PER_INSTRUMENT = /^(marketdata|bars|book):/;
 /** Market-data fields shown, in column order: last, bid, ask, bid size, ask size, volume. */
 const QUOTE_FIELDS = ["31", "84", "86", "88", "85", "87"];
 /** The symbol field: shown beside the conid when events.marketdata.fields asks for it. */
@@ -549,7 +551,8 @@ function renderTopics(status, rates) {
 /**
  * How long ago the oldest event a sink has not delivered was received: the
  * event right after its checkpoint, read once per checkpoint. Not for
- * marketdata:<conid> topics, where a read would subscribe the conid.
+ * per-instrument topics (marketdata:<conid>, bars:, book:), where a read
+ * subscribes the conid upstream.
  */
 class SinkLag {
   constructor() {
@@ -561,7 +564,7 @@ class SinkLag {
     let oldest = null;
     const current = new Set();
     for (const [topic, checkpoint] of Object.entries(sink.checkpoints ?? {})) {
-      if (!((heads[topic] ?? 0) > checkpoint) || topic.startsWith("marketdata:")) continue;
+      if (!((heads[topic] ?? 0) > checkpoint) || PER_INSTRUMENT.test(topic)) continue;
       const key = `${topic}@${checkpoint}`;
       current.add(key);
       if (!this.receivedAt.has(key)) {
