@@ -213,13 +213,15 @@ async def scene(
     store_path: Path | None = None,
     sinks: list[dict[str, Any]] | None = None,
     conids: tuple[int, ...] = (),
-    resync: bool = True,
+    resync: bool = False,
 ) -> AsyncIterator[Scene]:
     """Start a simulator and a daemon connected to it; stop both on exit.
 
     Reconnects are quick (backoff 0.1 to 0.5 s) so a test that drops the
-    gateway sees it come back without waiting long. With ``resync``, the
-    body starts once the start-up resync of orders, PnL and trades is in.
+    gateway sees it come back without waiting long. ``resync`` (off unless
+    asked for) fetches the simulator's REST truth after every gap and at
+    start: a test that sends its own order frames leaves it off, so no resync
+    fetched earlier can land after them.
     """
     async with trio.open_nursery() as nursery:
         sim = await nursery.start(GatewaySimulator().run)
@@ -245,14 +247,6 @@ async def scene(
                     daemon.wants.want(conid)
                 for channel in ("orders", "pnl", "trades"):
                     await sim.wait_subscribed(channel, timeout=PAGE_TIMEOUT)
-                if resync:
-                    # The first resync lands in each topic before the test's own
-                    # frames, so it cannot put an older status over theirs.
-                    hub = daemon.hub
-                    assert hub is not None
-                    with trio.fail_after(PAGE_TIMEOUT):
-                        for topic in ("orders", "pnl", "trades"):
-                            await hub.wait(topic, 0, PAGE_TIMEOUT)
                 yield Scene(sim, daemon)
         finally:
             sim.stop()

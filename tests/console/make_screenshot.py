@@ -37,7 +37,9 @@ async def capture(out: Path, seconds: float, width: int) -> None:
                 "path": str(work / "audit.jsonl"),
             }
         ]
-        async with scene(store_path=work / "events.db", sinks=sinks, conids=CONIDS) as s:
+        async with scene(
+            store_path=work / "events.db", sinks=sinks, conids=CONIDS, resync=True
+        ) as s:
             for conid in CONIDS:
                 await s.sim.wait_subscribed(f"marketdata:{conid}", timeout=PAGE_TIMEOUT)
             s.sim.start_stream({"orders": 0.35, "pnl": 1.0, "trades": 0.3, "marketdata": 3.0})

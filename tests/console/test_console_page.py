@@ -74,7 +74,7 @@ async def test_dropping_the_gateway_shows_the_banner_then_the_gap_and_resyncs_in
     page: Page,
 ) -> None:
     with trio.fail_after(TEST_TIMEOUT):
-        async with scene() as s:
+        async with scene(resync=True) as s:
             await s.sim.emit_pnl(1)
             await page.open(s.url)
             await page.wait_text("#gw-state", "connected")
