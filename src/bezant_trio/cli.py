@@ -245,6 +245,7 @@ def _announce_demo(daemon: Any, gateway_url: str, conids: list[int]) -> None:
     base = daemon.http_url
     print(
         f"\nbezant-trio demo: simulated gateway at {gateway_url}\n"
+        f"  console: open {base}/ in a browser\n"
         f"  daemon at {base}; try:\n"
         f"    curl -s '{base}/events/_status'\n"
         f"    curl -s '{base}/events/orders?since=0&limit=5'\n"

@@ -15,6 +15,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from bezant_trio.http.console import PUBLIC_PATHS, install_console
 from bezant_trio.http.context import HttpContext
 from bezant_trio.http.errors import UNAUTHORIZED_MESSAGE, ApiError, error_response, json_response
 from bezant_trio.http.fastpath import FastPolls
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Health probes answer without the token (orchestrators probe without secrets).
 HEALTH_ROUTES = frozenset({"/health", "/health/live", "/health/ready"})
+#: Also the console's static files (they hold no data; the page sends the token).
+PUBLIC_ROUTES = HEALTH_ROUTES | PUBLIC_PATHS
 HISTORY_DEFAULT_LIMIT = 500
 HISTORY_MAX_LIMIT = 5000
 
@@ -57,7 +60,7 @@ def create_app(
 
     @app.before_request
     async def _authenticate() -> Response | None:
-        if ctx.token is None or request.path in HEALTH_ROUTES:
+        if ctx.token is None or request.path in PUBLIC_ROUTES:
             return None
         if not bearer_matches(request.headers.get("authorization", ""), ctx.token):
             return error_response(401, "unauthorized", UNAUTHORIZED_MESSAGE)
@@ -238,6 +241,7 @@ def create_app(
         hub = _require_hub(ctx)
         return json_response(hub.state.answer(hub.state.pnl, hub.reset_epoch))
 
+    install_console(app)
     streams.install(app, ctx)
     if metrics is not None:
         metrics.install(app, fast_polls)

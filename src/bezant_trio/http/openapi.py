@@ -10,6 +10,7 @@ from functools import cache
 from typing import Any
 
 from bezant_trio import __version__
+from bezant_trio.http.console import ASSET_NAMES
 
 __all__ = ["openapi_spec"]
 
@@ -189,6 +190,16 @@ def openapi_spec() -> dict[str, Any]:
                         "buffer_sizes": {
                             "type": "object",
                             "additionalProperties": {"type": "integer"},
+                        },
+                        "ring_capacity": {
+                            "type": "object",
+                            "description": "Each topic's ring capacity (events kept in memory).",
+                            "additionalProperties": {"type": "integer"},
+                        },
+                        "last_event_at": {
+                            "type": "object",
+                            "description": "When each topic's newest event still in memory was received.",
+                            "additionalProperties": {"type": ["string", "null"]},
                         },
                         "wanted_conids": {"type": "array", "items": {"type": "integer"}},
                         "last_error": {"type": ["string", "null"]},
@@ -504,6 +515,46 @@ def openapi_spec() -> dict[str, Any]:
                         },
                         "401": _UNAUTHORIZED,
                         "404": _error("Metrics are not enabled.", "not_found"),
+                    },
+                }
+            },
+            "/": {
+                "get": {
+                    "summary": "The live console: an HTML page that reads this API (docs/console.md); no data, so no token.",
+                    "security": [{}],
+                    "responses": {
+                        "200": {
+                            "description": "The page (Cache-Control: no-cache, with an ETag).",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        },
+                        "304": {"description": "Not modified (If-None-Match matched the ETag)."},
+                    },
+                }
+            },
+            "/console/{name}": {
+                "get": {
+                    "summary": "The console's stylesheet, script and icon; no data, so no token.",
+                    "security": [{}],
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"enum": list(ASSET_NAMES)},
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The file (Cache-Control: no-cache, with an ETag).",
+                            "content": {
+                                "text/css": {"schema": {"type": "string"}},
+                                "text/javascript": {"schema": {"type": "string"}},
+                                "image/svg+xml": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "304": {"description": "Not modified (If-None-Match matched the ETag)."},
+                        "401": _UNAUTHORIZED,
+                        "404": _error("No such console file.", "not_found"),
                     },
                 }
             },

@@ -587,6 +587,11 @@ class Hub:
             "reset_epoch": self.reset_epoch,
             "buffer_sizes": {t: len(r) for t, r in sorted(self._rings.items())},
             "head_cursors": {t: r.last for t, r in sorted(self._rings.items())},
+            "ring_capacity": {t: r.capacity for t, r in sorted(self._rings.items())},
+            "last_event_at": {
+                t: e.received_at if (e := r.newest()) is not None else None
+                for t, r in sorted(self._rings.items())
+            },
             "events_published": dict(sorted(self.published.items())),
             "pending": len(self._pending),
             "waiting": self.waiting,
