@@ -445,10 +445,12 @@ def marketdata_values(seq: int) -> dict[str, Any]:
     def step(field: str) -> int:
         return seq // _FIELD_PERIODS[field]
 
+    bid = 382.80 + step("84") % 100 / 100
     return {
         "31": f"{382.89 + step('31') % 100 / 100:.2f}",  # last
-        "84": f"{382.80 + step('84') % 100 / 100:.2f}",  # bid
-        "86": f"{382.95 + step('86') % 100 / 100:.2f}",  # ask
+        "84": f"{bid:.2f}",  # bid
+        # ask: the bid plus a spread of its own cadence, so it is never below the bid
+        "86": f"{bid + 0.01 + step('86') % 5 / 100:.2f}",
         "85": str(100 + step("85") % 10 * 100),  # ask size
         "88": str(200 + step("88") % 10 * 100),  # bid size
         "87": f"{1 + step('87') % 90 / 10:.1f}M",  # volume
