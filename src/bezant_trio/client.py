@@ -158,12 +158,8 @@ def _backoff(delay: float) -> float:
     return min(delay * 2, _RETRY_MAX)
 
 
-class Poller:
-    """Follow ``topic`` on a bezant-trio (or bezant-server) events surface, synchronously.
-
-    ``since=None`` starts at the head (only new events); ``since=0`` from the
-    oldest event the daemon keeps.
-    """
+class _PollerBase:
+    """What both pollers share: the arguments, the cursor logic, the requests they make."""
 
     def __init__(
         self,
@@ -179,7 +175,10 @@ class Poller:
         self.url = url.rstrip("/")
         self._state = _PollState(topic, since, wait, limit)
         self._on_retry = on_retry
-        self._client = httpx.Client(headers=_headers(token), timeout=wait + 10)
+        self._client_options: dict[str, Any] = {
+            "headers": _headers(token),
+            "timeout": wait + 10,
+        }
 
     @property
     def topic(self) -> str:
@@ -194,6 +193,31 @@ class Poller:
     def reset_epoch(self) -> int | None:
         return self._state.reset_epoch
 
+    def _events_request(self, since: int, wait: float) -> tuple[str, dict[str, Any]]:
+        return f"{self.url}/events/{self.topic}", self._state.params(since, wait)
+
+    def _state_request(self) -> tuple[str, dict[str, Any]]:
+        path, params = self._state.state_request()
+        return f"{self.url}{path}", params
+
+    def _retrying(self, exc: Exception, delay: float) -> float:
+        """Report a retryable failure; the next delay."""
+        if self._on_retry is not None:
+            self._on_retry(exc, delay)
+        return _backoff(delay)
+
+
+class Poller(_PollerBase):
+    """Follow ``topic`` on a bezant-trio (or bezant-server) events surface, synchronously.
+
+    ``since=None`` starts at the head (only new events); ``since=0`` from the
+    oldest event the daemon keeps.
+    """
+
+    def __init__(self, url: str, topic: str, **options: Any) -> None:
+        super().__init__(url, topic, **options)
+        self._client = httpx.Client(**self._client_options)
+
     def close(self) -> None:
         self._client.close()
 
@@ -204,9 +228,8 @@ class Poller:
         self.close()
 
     def _get(self, since: int, wait: float) -> httpx.Response:
-        return self._client.get(
-            f"{self.url}/events/{self.topic}", params=self._state.params(since, wait)
-        )
+        url, params = self._events_request(since, wait)
+        return self._client.get(url, params=params)
 
     def head(self) -> int:
         """The topic's newest cursor (0 for a topic that never had an event)."""
@@ -218,8 +241,8 @@ class Poller:
         Returns the state answer (``{"cursor", "reset_epoch", "items"}``, or
         ``"item"`` for one quote). Nothing is lost or applied twice between the two.
         """
-        path, params = self._state.state_request()
-        return self._state.take_state(self._client.get(f"{self.url}{path}", params=params))
+        url, params = self._state_request()
+        return self._state.take_state(self._client.get(url, params=params))
 
     def poll(self) -> list[dict[str, Any]]:
         """One long-poll; returns events (maybe a synthetic gap) and advances the cursor."""
@@ -234,49 +257,24 @@ class Poller:
             try:
                 events = self.poll()
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-                if self._on_retry is not None:
-                    self._on_retry(exc, delay)
+                next_delay = self._retrying(exc, delay)
                 time.sleep(delay)
-                delay = _backoff(delay)
+                delay = next_delay
                 continue
             delay = _RETRY_MIN
             yield from events
 
 
-class AsyncPoller:
+class AsyncPoller(_PollerBase):
     """:class:`Poller` on ``httpx.AsyncClient``: ``async for event in poller``.
 
     Runs under Trio (and asyncio). Use it as an async context manager, or
     call :meth:`aclose`.
     """
 
-    def __init__(
-        self,
-        url: str,
-        topic: str,
-        *,
-        since: int | None = None,
-        token: str | None = None,
-        wait: float = 25.0,
-        limit: int = 1000,
-        on_retry: Callable[[Exception, float], None] | None = None,
-    ) -> None:
-        self.url = url.rstrip("/")
-        self._state = _PollState(topic, since, wait, limit)
-        self._on_retry = on_retry
-        self._client = httpx.AsyncClient(headers=_headers(token), timeout=wait + 10)
-
-    @property
-    def topic(self) -> str:
-        return self._state.topic
-
-    @property
-    def cursor(self) -> int | None:
-        return self._state.cursor
-
-    @property
-    def reset_epoch(self) -> int | None:
-        return self._state.reset_epoch
+    def __init__(self, url: str, topic: str, **options: Any) -> None:
+        super().__init__(url, topic, **options)
+        self._client = httpx.AsyncClient(**self._client_options)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -288,9 +286,8 @@ class AsyncPoller:
         await self.aclose()
 
     async def _get(self, since: int, wait: float) -> httpx.Response:
-        return await self._client.get(
-            f"{self.url}/events/{self.topic}", params=self._state.params(since, wait)
-        )
+        url, params = self._events_request(since, wait)
+        return await self._client.get(url, params=params)
 
     async def head(self) -> int:
         """The topic's newest cursor (0 for a topic that never had an event)."""
@@ -298,9 +295,8 @@ class AsyncPoller:
 
     async def state_then_follow(self) -> dict[str, Any]:
         """Take the topic's latest state; iterating afterwards follows from its cursor."""
-        path, params = self._state.state_request()
-        response = await self._client.get(f"{self.url}{path}", params=params)
-        return self._state.take_state(response)
+        url, params = self._state_request()
+        return self._state.take_state(await self._client.get(url, params=params))
 
     async def poll(self) -> list[dict[str, Any]]:
         """One long-poll; returns events (maybe a synthetic gap) and advances the cursor."""
@@ -318,10 +314,9 @@ class AsyncPoller:
             try:
                 events = await self.poll()
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-                if self._on_retry is not None:
-                    self._on_retry(exc, delay)
+                next_delay = self._retrying(exc, delay)
                 await sleep(delay)
-                delay = _backoff(delay)
+                delay = next_delay
                 continue
             delay = _RETRY_MIN
             for event in events:

@@ -1,17 +1,19 @@
-"""Small helpers every part of the daemon uses: error text, backoff, plain data.
+"""Small helpers every part of the daemon uses: error text, backoff, plain data, waits.
 
-Pure functions with no I/O and no Trio, so any module may import this one
-without pulling in anything else of the daemon.
+No I/O and nothing of the daemon, so any module may import this one (the
+simulator included).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["backoff_delay", "describe", "first_line", "plain"]
+import trio
+
+__all__ = ["backoff_delay", "describe", "first_line", "plain", "wait_any"]
 
 
 def first_line(exc: BaseException) -> str:
@@ -46,3 +48,15 @@ def plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [plain(item) for item in value]
     return value
+
+
+async def wait_any(events: Iterable[trio.Event]) -> None:
+    """Return as soon as one of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait_one(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        for event in events:
+            nursery.start_soon(wait_one, event)

@@ -58,7 +58,7 @@ from bezant_trio.cpapi.transport import (
 )
 from bezant_trio.model import BARS, BOOK, MARKETDATA, GapReason, bars_topic, format_ts, keyed_topic
 from bezant_trio.store.hub import Hub
-from bezant_trio.util import backoff_delay, describe
+from bezant_trio.util import backoff_delay, describe, wait_any
 from bezant_trio.wants import Wants
 
 if TYPE_CHECKING:
@@ -644,7 +644,7 @@ class Connector:
             changed = [stream.wants.changed for stream in self._lazy]
             await self._sync_lazy(ws)
             with trio.move_on_at(deadline):
-                await _wait_any(changed)
+                await wait_any(changed)
             if trio.current_time() >= deadline:
                 # The gateway ends market-data streams after about 10 minutes
                 # without a re-subscribe (corpus: smd-expires-after-10-minutes).
@@ -747,15 +747,3 @@ def _constant(build: Callable[[int], str]) -> Callable[[int], Awaitable[str | No
         return build(conid)
 
     return unsubscribe
-
-
-async def _wait_any(events: list[trio.Event]) -> None:
-    """Return as soon as one of ``events`` is set."""
-    async with trio.open_nursery() as nursery:
-
-        async def wait_one(event: trio.Event) -> None:
-            await event.wait()
-            nursery.cancel_scope.cancel()
-
-        for event in events:
-            nursery.start_soon(wait_one, event)

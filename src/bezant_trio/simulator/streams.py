@@ -49,6 +49,7 @@ from bezant_trio.simulator.connection import Outgoing, WsConnection
 from bezant_trio.simulator.core import SimulatorCore
 from bezant_trio.simulator.ledger import SeqRanges
 from bezant_trio.simulator.truth import AccountTruth
+from bezant_trio.util import wait_any
 
 __all__ = ["STREAM_CHANNELS", "BurstResult", "StreamsMixin"]
 
@@ -119,18 +120,6 @@ class _Channel:
         # Held from seq assignment until the frame is queued on every target,
         # so concurrent emitters (HTTP, stream generator) cannot reorder seqs.
         self.lock = trio.Lock()
-
-
-async def _wait_any(*events: trio.Event) -> None:
-    """Return as soon as one of ``events`` is set."""
-    async with trio.open_nursery() as nursery:
-
-        async def wait_one(event: trio.Event) -> None:
-            await event.wait()
-            nursery.cancel_scope.cancel()
-
-        for event in events:
-            nursery.start_soon(wait_one, event)
 
 
 class StreamsMixin(SimulatorCore):
@@ -470,7 +459,7 @@ class StreamsMixin(SimulatorCore):
         for conn, items in pending:
             done = items[-1].done
             assert done is not None
-            await _wait_any(done, conn.closed)
+            await wait_any((done, conn.closed))
         send_seconds = time.perf_counter() - started
         total_bytes = sum(len(data) for data, _, _ in chunks)
         complete = all(item.written for _, items in pending for item in items)

@@ -24,6 +24,7 @@ from typing import Any
 
 import pluggy
 
+from bezant_trio.config.errors import describe as _shown
 from bezant_trio.sinks.interface import (
     Option,
     SinkConfigError,
@@ -238,22 +239,3 @@ def _parse_retry(where: str, value: Any) -> tuple[float, float]:
             f"{where}: `retry.max` must be at least retry.min ({low:g}), got {high:g}"
         )
     return low, high
-
-
-def _shown(value: Any) -> str:
-    """A short, one-line rendering of a value for a message (never a huge repr)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        # repr() of a huge int is slow, then raises past 4300 digits.
-        return repr(value) if value.bit_length() <= 64 else "a very large integer"
-    if isinstance(value, float | str):
-        text = repr(value)
-        return text if len(text) <= 60 else text[:56] + "...'"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return f"a {type(value).__name__}"
