@@ -18,9 +18,10 @@ from werkzeug.exceptions import HTTPException
 from bezant_trio.http.context import HttpContext
 from bezant_trio.http.errors import UNAUTHORIZED_MESSAGE, ApiError, error_response, json_response
 from bezant_trio.http.fastpath import FastPolls
+from bezant_trio.http.hosts import HOST_NOT_ALLOWED_MESSAGE
 from bezant_trio.http.metrics import CONTENT_TYPE, DaemonMetrics
 from bezant_trio.http.openapi import openapi_spec
-from bezant_trio.http.params import bearer_matches, check_topic, int_arg, want_conid
+from bezant_trio.http.params import OPEN_PATHS, bearer_matches, check_topic, int_arg, want_conid
 from bezant_trio.http.poll import events_body, poll_args, read_poll
 from bezant_trio.http.sse import SseStreams
 from bezant_trio.model import conid_of, marketdata_topic, parse_ts
@@ -55,7 +56,12 @@ def create_app(
 
     @app.before_request
     async def _authenticate() -> Response | None:
-        if ctx.token is None or request.path == "/health":
+        # The fast path (http.fastpath) makes the same two checks, in this order.
+        if request.path in OPEN_PATHS:
+            return None
+        if ctx.token is None:
+            if not ctx.hosts.allows(request.scope["headers"]):
+                return error_response(403, "host_not_allowed", HOST_NOT_ALLOWED_MESSAGE)
             return None
         if not bearer_matches(request.headers.get("authorization", ""), ctx.token):
             return error_response(401, "unauthorized", UNAUTHORIZED_MESSAGE)
