@@ -30,6 +30,7 @@ from bezant_trio.http.limits import HttpLimits
 from bezant_trio.http.metrics import DaemonMetrics
 from bezant_trio.http.server import BindError, ConnectionSlots, serve_http
 from bezant_trio.http.sse import SseStreams
+from bezant_trio.memory import MemoryTrimmer
 from bezant_trio.store.hub import Hub
 from bezant_trio.wants import Wants
 
@@ -83,8 +84,10 @@ class HttpService:
         self.ctx = ctx
         self.bind = bind
         self.graceful_timeout = graceful_timeout
+        #: Gives the memory of ended streams back to the OS (``bezant_trio.memory``).
+        self.trimmer = MemoryTrimmer()
         #: ``GET /events/{topic}/stream``: open streams, slow-client counters.
-        self.streams = SseStreams()
+        self.streams = SseStreams(trimmer=self.trimmer)
         #: The poll fast path's switch and counters (tests switch it off to compare).
         self.fast_polls = FastPolls()
         #: The caps in force (``max_connections`` as fitted to the open-files limit).
@@ -108,6 +111,7 @@ class HttpService:
             limits,
         )
         self._stop = trio.Event()
+        self._served = trio.Event()
         #: The bound base URL (``http://127.0.0.1:8080``), once :meth:`run` has started.
         self.url: str | None = None
 
@@ -133,11 +137,15 @@ class HttpService:
                 reserve_app=self._app.reserve_app,
                 task_status=task_status,
             )
+            self._served.set()
 
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.trimmer.run)
             binds = await nursery.start(serve)
             self.url = binds[0]
             task_status.started(self.url)
+            await self._served.wait()
+            nursery.cancel_scope.cancel()  # the trimmer: nothing is left to trim for
 
     def stop_accepting(self) -> None:
         """Close the listener: no new connections; requests in flight go on."""
