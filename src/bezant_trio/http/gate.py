@@ -50,6 +50,7 @@ __all__ = ["RequestGate"]
 #: The request message the app gets in place of each one with body bytes.
 _EMPTY = {"type": "http.request", "body": b"", "more_body": True}
 _END = {"type": "http.request", "body": b"", "more_body": False}
+_CLOSE = (b"connection", b"close")
 
 
 class RequestGate:
@@ -97,11 +98,27 @@ class RequestGate:
             await self._idle.wait()
 
     async def reserve_app(self, scope: Any, receive: Any, send: Any) -> None:
-        """The app of a connection beyond ``max_connections``: ``/health`` only, else a 503."""
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+        """The app of a connection beyond ``max_connections``: ``/health`` only, else a 503.
+
+        Over HTTP/1.x every answer closes the connection, so its reserve slot
+        is free again at once.
+        """
+        if scope["type"] != "http":
+            await self(scope, receive, send)
+            return
+        if scope["path"] not in OPEN_PATHS:
             await self._refuse(self._too_many_connections, scope, send)
             return
-        await self(scope, receive, send)
+        if scope.get("http_version") not in ("1.0", "1.1"):
+            await self(scope, receive, send)
+            return
+
+        async def send_closing(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message["headers"], _CLOSE]}
+            await send(message)
+
+        await self(scope, receive, send_closing)
 
     async def _answer(self, scope: Any, receive: Any, send: Any) -> None:
         exchange = _Exchange(receive, send, self.limits)

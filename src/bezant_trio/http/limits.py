@@ -7,10 +7,11 @@ descriptors or memory, or keep ``/health`` from answering:
 - **connections** (``http.max_connections``): beyond the cap a connection is
   still accepted into a small reserve (:data:`RESERVE`), where ``/health``
   is answered and everything else gets ``503 too_many_connections`` with
-  ``Retry-After``; reserve connections are closed after
-  :data:`RESERVE_IDLE` seconds idle. Beyond the reserve the daemon stops
-  accepting until a connection closes (new ones wait in the kernel's
-  backlog): it never runs out of descriptors.
+  ``Retry-After``; over HTTP/1.1 a reserve connection is closed after each
+  answer, and any reserve connection after :data:`RESERVE_IDLE` seconds
+  idle. Beyond the reserve a connection is closed as soon as it is
+  accepted: the process never holds more descriptors than the caps, and a
+  health check never waits behind a queue of connections.
 - **streams** (``http.max_streams``): requests being answered at once, over
   all connections (HTTP/1.1 requests, HTTP/2 streams, long-polls and SSE
   alike). Beyond the cap: ``503 too_many_streams`` with ``Retry-After``,
@@ -51,7 +52,7 @@ __all__ = [
 #: kept so that ``/health`` answers while the caps are reached.
 RESERVE = 16
 #: Seconds a connection in the reserve may stay idle (normal ones: Hypercorn's keep-alive).
-RESERVE_IDLE = 2.0
+RESERVE_IDLE = 1.0
 #: The most bytes of request body the daemon reads (and drops) before ending the request.
 MAX_BODY = 64 * 1024
 #: Seconds after a request began by which its body must have ended.

@@ -65,7 +65,8 @@ class DaemonMetrics:
     ``capacity_for`` gives a topic's ring capacity; ``in_flight`` the HTTP
     requests in progress; ``sse_clients`` the open streams; ``refused`` the
     requests refused at a cap or for their body, by reason (``http.limits``);
-    ``connections`` the open HTTP connections.
+    ``connections`` the open HTTP connections, ``connections_dropped`` those
+    closed at once beyond the cap and its reserve.
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class DaemonMetrics:
         wants: Wants | None = None,
         refused: Callable[[], dict[str, int]] | None = None,
         connections: Callable[[], int] | None = None,
+        connections_dropped: Callable[[], int] | None = None,
         process: bool = True,
     ) -> None:
         self.hub = hub
@@ -90,6 +92,7 @@ class DaemonMetrics:
         self.sse_clients = sse_clients
         self.refused = refused
         self.connections = connections
+        self.connections_dropped = connections_dropped
         self.wants = wants
         self.registry = CollectorRegistry(auto_describe=True)
         self.commit_seconds = Histogram(
@@ -314,6 +317,13 @@ class _LiveCollector(Collector):
                 "bezant_http_connections",
                 "Open HTTP connections (http.max_connections caps them).",
                 value=self._metrics.connections(),
+            )
+        if self._metrics.connections_dropped is not None:
+            yield CounterMetricFamily(
+                "bezant_http_connections_dropped",
+                "Connections closed as soon as accepted: beyond http.max_connections and "
+                "the /health reserve.",
+                value=self._metrics.connections_dropped(),
             )
         if self._metrics.refused is not None:
             refused = CounterMetricFamily(

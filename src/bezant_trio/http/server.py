@@ -6,13 +6,17 @@ server (``TCPServer``) under an accept loop of its own, so that:
 
 - connections are counted, and those beyond ``max_connections`` are served
   by the reserve app (``/health`` only, ``http.limits``) with short timeouts;
-  beyond the reserve nothing is accepted until a connection closes, so the
-  process never runs out of file descriptors for them;
+  beyond the reserve a connection is closed as soon as it is accepted, so
+  the process never holds more descriptors than the caps allow, and the
+  listen backlog keeps moving: a health check that connects gets a
+  reserve slot as soon as one is free, not after everything queued before it;
 - running out of descriptors anyway (``EMFILE``, another part holding many)
   pauses accepting with one warning line, not a traceback per attempt;
 - an error inside one connection (Hypercorn's HTTP/2 code raises
   ``KeyError`` for body data on a stream it already answered) closes that
-  connection only, with one log line.
+  connection only, with one log line;
+- a connection the client closed while idle is closed at once: Hypercorn
+  would keep it, and its descriptor, until its keep-alive timeout (75 s).
 
 Everything else (the protocols, lifespan, graceful shutdown) is Hypercorn's.
 """
@@ -64,25 +68,19 @@ class BindError(StartupError):
 class ConnectionSlots:
     """Open connections, the cap and its reserve: who gets served how.
 
-    ``max_connections`` connections are served by the app; the next
-    ``reserve`` by the reserve app; beyond that :meth:`acquire` waits.
+    ``max_connections`` connections are served by the app, the next
+    ``reserve`` by the reserve app; any more are closed at once.
     """
 
     def __init__(self, max_connections: int, reserve: int = RESERVE) -> None:
         self.max_connections = max_connections
         self.reserve = reserve
-        #: Connections open right now.
+        #: Connections open right now (closed-at-once ones not included).
         self.open = 0
-        #: Connections accepted into the reserve (since start).
+        #: Connections served by the reserve app (since start).
         self.reserved = 0
-        self._free = trio.Semaphore(max_connections + reserve)
-
-    async def acquire(self) -> None:
-        """Wait for a free slot (the cap plus the reserve)."""
-        await self._free.acquire()
-
-    def release(self) -> None:
-        self._free.release()
+        #: Connections closed at once, beyond the reserve (since start).
+        self.dropped = 0
 
 
 class _Config(HypercornConfig):
@@ -154,6 +152,8 @@ async def serve_http(
     ``reserve_app`` (required then); without, every connection is accepted.
     Raises :class:`BindError` when ``bind`` cannot be listened on.
     """
+    if slots is not None and reserve_app is None:
+        raise ValueError("serve_http: slots needs a reserve_app")
     config = hypercorn_config(bind, graceful_timeout=graceful_timeout, stall_timeout=stall_timeout)
     try:
         sockets = config.create_sockets()
@@ -227,18 +227,14 @@ async def _serve(
 async def _accept_loop(
     listener: trio.SocketListener,
     slots: ConnectionSlots | None,
-    connection: Callable[[trio.SocketStream], Awaitable[None]],
+    connection: Callable[[trio.SocketStream, bool], Awaitable[None]],
     nursery: trio.Nursery,
 ) -> None:
     warned_at = -_CAPACITY_WARN_EVERY
     while True:
-        if slots is not None:
-            await slots.acquire()
         try:
             stream = await listener.accept()
         except OSError as exc:
-            if slots is not None:
-                slots.release()
             if exc.errno not in _CAPACITY_ERRNOS:
                 raise
             now = trio.current_time()
@@ -251,7 +247,18 @@ async def _accept_loop(
                 )
             await trio.sleep(_CAPACITY_PAUSE)
             continue
-        nursery.start_soon(connection, stream)
+        reserved = False
+        if slots is not None:
+            # Decided here, not in the connection's task, so that a burst of
+            # accepts cannot pass the check before any of them is counted.
+            if slots.open >= slots.max_connections + slots.reserve:
+                slots.dropped += 1
+                stream.socket.close()
+                continue
+            reserved = slots.open >= slots.max_connections
+            slots.reserved += reserved
+            slots.open += 1
+        nursery.start_soon(connection, stream, reserved)
 
 
 async def _serve_connection(
@@ -263,14 +270,12 @@ async def _serve_connection(
     reserve_app: Any,
     reserve_config: HypercornConfig,
     stream: trio.SocketStream,
+    reserved: bool,
 ) -> None:
-    if slots is not None:
-        if slots.open >= slots.max_connections and reserve_app is not None:
-            app, config = reserve_app, reserve_config
-            slots.reserved += 1
-        slots.open += 1
+    if reserved:
+        app, config = reserve_app, reserve_config
     try:
-        await TCPServer(app, config, context, state, stream)  # type: ignore[arg-type]
+        await _Connection(app, config, context, state, stream)  # type: ignore[arg-type]
     except BaseExceptionGroup as group:
         errors, rest = group.split(Exception)
         _log_connection_error(errors)
@@ -281,10 +286,21 @@ async def _serve_connection(
     finally:
         if slots is not None:
             slots.open -= 1
-            slots.release()
         # TCPServer closes the stream itself; this is for when it failed before.
         with trio.CancelScope(shield=True):
             await stream.aclose()
+
+
+class _Connection(TCPServer):
+    """Hypercorn's connection server, ended as soon as the client is gone."""
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # Reading ends at EOF, a reset, a read timeout or the server's close;
+        # by then Hypercorn has told the request (if any) the client is gone.
+        # The idle timer would keep the connection's task, and its socket,
+        # for the rest of the keep-alive timeout: stop it.
+        await self.idle_task.stop()
 
 
 def _log_connection_error(exc: BaseException | None) -> None:

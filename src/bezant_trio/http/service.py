@@ -105,6 +105,7 @@ class HttpService:
             wants=wants,
             refused=lambda: self._app.refused,
             connections=lambda: self.connections.open,
+            connections_dropped=lambda: self.connections.dropped,
         )
         self._app = RequestGate(
             create_app(ctx, streams=self.streams, fast_polls=self.fast_polls, metrics=self.metrics),
