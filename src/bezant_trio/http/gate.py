@@ -122,8 +122,12 @@ class RequestGate:
 
     async def _answer(self, scope: Any, receive: Any, send: Any) -> None:
         exchange = _Exchange(receive, send, self.limits)
-        with trio.CancelScope() as exchange.scope:
+        # No cancel scope per request (one costs more than the fast path's
+        # whole poll): a bad body ends the app with an exception from receive().
+        try:
             await self.app(scope, exchange.receive, exchange.send)
+        except* _BodyRefused:
+            pass
         refusal = exchange.refusal
         if refusal is None:
             return
@@ -141,6 +145,15 @@ class RequestGate:
         await send({"type": "http.response.body", "body": refusal.body(), "more_body": False})
 
 
+class _BodyRefused(BaseException):
+    """Raised by ``receive()`` into the app when the gate ends a request for its body.
+
+    A BaseException, so no ``except Exception`` of the app can swallow it;
+    the gate catches it (inside whatever exception groups the app's
+    nurseries wrap it in) and answers.
+    """
+
+
 class _Exchange:
     """One request's ``receive`` and ``send`` as the app sees them."""
 
@@ -153,7 +166,6 @@ class _Exchange:
         "_receive",
         "_send",
         "refusal",
-        "scope",
         "started",
     )
 
@@ -169,8 +181,6 @@ class _Exchange:
         self.refusal: Refusal | None = None
         #: The app has sent ``http.response.start``.
         self.started = False
-        #: The app's cancel scope (set by the gate).
-        self.scope: trio.CancelScope | None = None
 
     async def receive(self) -> Any:
         while True:
@@ -184,7 +194,8 @@ class _Exchange:
                 with trio.move_on_at(self._body_deadline) as waited:
                     message = await self._receive()
                 if waited.cancelled_caught:
-                    await self._end(body_timeout(self._limits))
+                    self.refusal = body_timeout(self._limits)
+                    raise _BodyRefused
             kind = message["type"]
             if kind == "http.request":
                 return self._request_message(message)
@@ -202,16 +213,9 @@ class _Exchange:
             self._body_seen += len(body)
             if self._body_seen > self._limits.max_body:
                 self.refusal = body_too_large(self._limits)
-                assert self.scope is not None
-                self.scope.cancel()
+                raise _BodyRefused
             return _EMPTY if more else _END
         return message
-
-    async def _end(self, refusal: Refusal) -> None:
-        self.refusal = refusal
-        assert self.scope is not None
-        self.scope.cancel()
-        await trio.sleep_forever()  # cancelled at once, with the rest of the app
 
     async def send(self, message: Any) -> None:
         kind = message["type"]
