@@ -355,6 +355,8 @@ def test_unit_file_is_notify_with_watchdog_dynamic_user_and_directories() -> Non
     }
     for key, value in expected.items():
         assert unit.get(key) == [value], key
+    # Enough descriptors for the default http.max_connections (1000) many times over.
+    assert int(unit["LimitNOFILE"][0]) >= 16384
     assert "@system-service" in unit["SystemCallFilter"]
     assert "bezant-trio.pyz run --config" in unit["ExecStart"][0]
     # The log lives in the state directory.

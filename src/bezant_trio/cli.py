@@ -161,13 +161,13 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from bezant_trio.logs import setup_logging
+    from bezant_trio.logs import LogFileError, setup_logging
 
     try:
         config = _load(args.config)
-    except ConfigError as exc:
+        setup_logging(args.log_level, args.log_format, log_file=args.log_file)
+    except (ConfigError, LogFileError) as exc:
         return _config_error(exc)
-    setup_logging(args.log_level, args.log_format, log_file=args.log_file)
     config_path = args.config or ("config.yaml" if os.path.exists("config.yaml") else None)
     return _run_daemon(config, config_path)
 
@@ -205,10 +205,13 @@ def _find(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseExc
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from bezant_trio.daemon import serve_until_signalled
-    from bezant_trio.logs import setup_logging
+    from bezant_trio.logs import LogFileError, setup_logging
     from bezant_trio.simulator import GatewaySimulator
 
-    setup_logging(args.log_level, args.log_format, log_file=args.log_file)
+    try:
+        setup_logging(args.log_level, args.log_format, log_file=args.log_file)
+    except LogFileError as exc:
+        return _config_error(exc)
     conids = args.conid or [265598, 8314]
     store_path = None if args.memory else os.path.join(args.state_dir, "demo-events.db")
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import trio
 
-from bezant_trio import logs
+from bezant_trio import fds, logs
 from bezant_trio.config import Config, ConfigError, config_secrets, load_config
 from bezant_trio.cpapi.connector import BARS_LIMIT, BOOK_LIMIT, Connector
 from bezant_trio.errors import StartupError
-from bezant_trio.http import HttpService
+from bezant_trio.http import HttpLimits, HttpService
 from bezant_trio.sinks.manager import SinkConfigError, SinkManager
 from bezant_trio.store.hub import Hub
 from bezant_trio.store.log import EventLog, LogOpenError
@@ -126,6 +126,9 @@ class Daemon:
         """Run until :meth:`request_stop`; raises :class:`StartupError` on bad start-up."""
         config = self.config
         logs.add_secrets(config_secrets(config))
+        before, after = fds.raise_open_files_limit()
+        if after != before:
+            log.info("open-files limit raised from %d to %d", before, after)
         event_log = None
         if config.store.path:
             try:
@@ -173,6 +176,11 @@ class Daemon:
             connector_status=lambda: self.connector.status() if self.connector else None,
             sinks_status=sinks.status,
             capacity_for=config.events.capacity_for,
+            allowed_hosts=config.http.allowed_hosts,
+            limits=HttpLimits(
+                max_connections=config.http.max_connections,
+                max_streams=config.http.max_streams,
+            ),
             graceful_timeout=config.shutdown_grace,
         )
         notifier = self.notifier

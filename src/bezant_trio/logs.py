@@ -26,9 +26,18 @@ from collections.abc import Iterable
 
 import orjson
 
+from bezant_trio.errors import StartupError
 from bezant_trio.model import format_ts
+from bezant_trio.util import describe
 
-__all__ = ["MASK", "add_secrets", "redact", "reopen_log_files", "setup_logging"]
+__all__ = [
+    "MASK",
+    "LogFileError",
+    "add_secrets",
+    "redact",
+    "reopen_log_files",
+    "setup_logging",
+]
 
 MASK = "***"
 
@@ -120,22 +129,42 @@ class _JournalFormatter(logging.Formatter):
         return text
 
 
+class LogFileError(StartupError):
+    """The ``--log-file`` cannot be opened for appending (a missing directory, no permission)."""
+
+
 class _ReopenableFileHandler(logging.FileHandler):
     def reopen(self) -> None:
+        # Open the new file before closing the old one: if it cannot be opened
+        # (its directory went away), lines keep going to the old file.
+        try:
+            stream = self._open()
+        except OSError as exc:
+            logging.getLogger(__name__).error(
+                "cannot reopen the log file %s, still writing to the old one: %s",
+                self.baseFilename,
+                describe(exc),
+            )
+            return
         with self.lock:  # type: ignore[union-attr]
-            if self.stream is not None:
-                self.stream.close()
-            self.stream = self._open()
+            old, self.stream = self.stream, stream
+        if old is not None:
+            old.close()
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text", *, log_file: str | None = None) -> None:
     """Configure the root logger once for the daemon process.
 
     Lines go to stderr, or to ``log_file`` (appended; reopened on SIGHUP).
+    Raises :class:`LogFileError` (one line) when ``log_file`` cannot be opened.
     """
     handler: logging.Handler
     if log_file:
-        handler = _ReopenableFileHandler(log_file, encoding="utf-8")
+        try:
+            handler = _ReopenableFileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            reason = exc.strerror or describe(exc)
+            raise LogFileError(f"--log-file: cannot append to {log_file}: {reason}") from None
     else:
         handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":

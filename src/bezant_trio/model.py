@@ -149,7 +149,11 @@ def parse_ts(text: str) -> float:
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         raise ValueError(f"timestamp needs a timezone (Z or +hh:mm): {text!r}")
-    return parsed.astimezone(UTC).timestamp()
+    try:
+        return parsed.astimezone(UTC).timestamp()
+    except OverflowError:
+        # An offset can push year 1 or 9999 out of datetime's range.
+        raise ValueError(f"timestamp out of range: {text!r}") from None
 
 
 def encode_payload(payload: Any) -> bytes:

@@ -1035,7 +1035,7 @@ def _near_valid(schema: Any, *, top: bool = False) -> st.SearchStrategy[Any]:
         valid: st.SearchStrategy[Any] = st.fixed_dictionaries(
             {}, optional={key: _near_valid(value) for key, value in schema.items()}
         )
-    elif isinstance(schema, list):
+    elif isinstance(schema, list) and schema:
         valid = st.lists(st.sampled_from(schema), max_size=len(schema), unique_by=repr)
     else:
         valid = st.just(schema)
@@ -1048,6 +1048,7 @@ def _near_valid(schema: Any, *, top: bool = False) -> st.SearchStrategy[Any]:
 _SCHEMA = default_config().to_dict() | {
     "sinks": [{"name": "a", "type": "file"}, {"name": "b", "type": "test", "secret": "s"}],
 }
+_SCHEMA["http"] = _SCHEMA["http"] | {"allowed_hosts": ["bezant.local", "[::1]", "*"]}
 _ENV_NAMES = [
     "IBKR_GATEWAY_URL",
     "BEZANT_BIND",

@@ -80,10 +80,11 @@ def _request(
     method: bytes = b"GET",
     version: bytes = b"HTTP/1.1",
     body: bytes = b"",
+    host: bytes = b"localhost",
 ) -> bytes:
     lines = [b"%s %s %s" % (method, target, version)]
     if version == b"HTTP/1.1":
-        lines += [b"Host: test", b"Connection: close"]
+        lines += [b"Host: " + host, b"Connection: close"]
     lines += headers
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
@@ -95,9 +96,7 @@ async def _exchange(url: str, request: bytes) -> bytes:
     stream = await trio.open_tcp_stream(host, int(port))
     async with stream:
         await stream.send_all(request)
-        # Read by Content-Length, not to EOF: a response Quart sends is not
-        # followed by a close even after `Connection: close`, because Quart's
-        # disconnect watcher cancels Hypercorn's close in the app's own task.
+        # Read by Content-Length, not to EOF (test_http.py checks the close).
         while b"\r\n\r\n" not in reply:
             chunk = await stream.receive_some(65536)
             if not chunk:
@@ -177,6 +176,28 @@ PLAIN_TABLE: list[tuple[bytes, bool]] = [
     (_request(b"/events/orders?since=1", version=b"HTTP/1.0"), True),  # no Host at all
     (_get("/events/orders?since=1", b"Accept: */*", b"User-Agent: x"), True),
     (_get("/events/orders?since=1", b"Authorization: Bearer whatever"), True),  # no token set
+    # without a token, the Host and browser-origin check (http.hosts)
+    (_request(b"/events/orders?since=1", host=b"127.0.0.1:8080"), True),
+    (_request(b"/events/orders?since=1", host=b"LocalHost"), True),
+    (_request(b"/events/orders?since=1", host=b"[::1]:8080"), True),
+    (_get("/events/orders?since=1", b"Origin: http://localhost:3000"), True),
+    (_get("/events/orders?since=1", b"Sec-Fetch-Site: same-origin"), True),
+    (_get("/events/orders?since=1", b"Sec-Fetch-Site: none"), True),
+    (_request(b"/events/orders?since=1", host=b"attacker.example:8080"), True),  # 403
+    (_request(b"/events/orders?since=1", host=b"127.0.0.2"), True),  # 403
+    (_request(b"/events/orders?since=1", host=b"localhost.attacker.example"), True),  # 403
+    (_request(b"/events/orders?since=1", host=b"localhost:80x"), True),  # 403
+    (_request(b"/events/marketdata?conid=77", host=b"attacker.example"), True),  # 403 before 429
+    (_request(b"/events/orders?limit=0", host=b"attacker.example"), True),  # 403 before 400
+    (_get("/events/orders?since=1", b"Origin: http://attacker.example"), True),  # 403
+    (_get("/events/orders?since=1", b"Origin: null"), True),  # 403
+    (_get("/events/marketdata?conid=2", b"Sec-Fetch-Site: cross-site"), True),  # 403
+    (_get("/events/orders?since=1", b"Sec-Fetch-Site: same-site"), True),  # 403
+    (_request(b"/events/_status", host=b"attacker.example"), False),  # Quart's 403
+    (_request(b"/nope", host=b"attacker.example"), False),  # 403 before 404
+    (_request(b"/events/orders/stream", host=b"attacker.example"), False),
+    (_request(b"/health", host=b"attacker.example"), False),  # 200: /health is open
+    (_request(b"/events/Orders?since=1", host=b"attacker.example"), False),
     # answered by Quart: hub answers the fast path leaves to it
     (_get("/events/orders?since=999999"), False),  # 412: a cursor from the future
     (_get("/events/ntf?since=1"), False),  # 412: evicted
@@ -225,6 +246,10 @@ TOKEN_TABLE: list[tuple[bytes, bool]] = [
     (_get("/events/marketdata?conid=265598", _RIGHT), True),
     (_get("/events/marketdata:2?since=0", _RIGHT), True),
     (_get("/events/orders?since=1", _RIGHT, b"Authorization: Bearer wrong"), True),
+    # with a token, the Host is not checked: a page cannot know the token
+    (_request(b"/events/orders?since=1", _RIGHT, host=b"attacker.example"), True),
+    (_request(b"/events/orders?since=1", host=b"attacker.example"), True),  # 401
+    (_request(b"/events/_status", _RIGHT, host=b"attacker.example"), False),
     # the 401 on the poll routes comes from the fast path, which checked the token
     (_get("/events/orders?since=1"), True),
     (_get("/events/orders?since=1", b"Authorization: Bearer wrong"), True),
@@ -493,7 +518,7 @@ async def _asgi(app: Any, path: str, query: bytes, headers: list[tuple[bytes, by
         "raw_path": path.encode(),
         "query_string": query,
         "root_path": "",
-        "headers": [(b"host", b"test"), *headers],
+        "headers": headers,
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8080),
         "state": {},
@@ -523,13 +548,15 @@ async def _asgi(app: Any, path: str, query: bytes, headers: list[tuple[bytes, by
     return start["status"], start["headers"], b"".join(m["body"] for m in bodies)
 
 
-async def _compare_asgi(path: str, query: bytes, auth: bytes | None, token: str | None) -> None:
+async def _compare_asgi(
+    path: str, query: bytes, auth: bytes | None, host: bytes, token: str | None
+) -> None:
     hub = Hub(capacity_of(ntf=2))
     await hub.open()
     await _fill(hub)
     wants = Wants(3)
     _want(wants)
-    headers = [] if auth is None else [(b"authorization", auth)]
+    headers = [(b"host", host)] + ([] if auth is None else [(b"authorization", auth)])
     answers = []
     fast_polls = [FastPolls(enabled=True), FastPolls(enabled=False)]
     for polls in fast_polls:
@@ -538,15 +565,26 @@ async def _compare_asgi(path: str, query: bytes, auth: bytes | None, token: str 
             answers.append(await _asgi(app, path, query, headers))
     assert answers[0] == answers[1]
     if fast_polls[0].answered:
-        assert answers[0][0] in (200, 204, 401)
+        assert answers[0][0] in (200, 204, 401, 403)
     event(f"{'fast path' if fast_polls[0].answered else 'quart'} {answers[0][0]}")
 
 
+_HOSTS = st.sampled_from([b"localhost", b"127.0.0.1:8080"]) | st.sampled_from(
+    [b"attacker.example", b"[::1]", b"localhost:x", b""]
+)
+
+
 @settings(max_examples=200, deadline=None)
-@given(path=_PATHS, query=_QUERIES, auth=_AUTH, token=st.sampled_from([None, TOKEN]))
+@given(path=_PATHS, query=_QUERIES, auth=_AUTH, host=_HOSTS, token=st.sampled_from([None, TOKEN]))
 def test_random_queries_get_the_same_answer_on_both_paths(
-    path: str, query: bytes, auth: bytes | None, token: str | None
+    path: str, query: bytes, auth: bytes | None, host: bytes, token: str | None
 ) -> None:
     trio.run(
-        _compare_asgi, path, query, auth, token, clock=trio.testing.MockClock(autojump_threshold=0)
+        _compare_asgi,
+        path,
+        query,
+        auth,
+        host,
+        token,
+        clock=trio.testing.MockClock(autojump_threshold=0),
     )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
+import string
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
 from prometheus_client.parser import text_string_to_metric_families
+from serving import exchange, start_service, status_of
 
 from bezant_trio.config import config_from_mapping
 from bezant_trio.daemon import Daemon
@@ -158,3 +161,41 @@ async def test_daemon_metrics_show_gateway_frames_sinks_and_waiters(nursery: tri
     assert value(parsed, "bezant_sse_clients") == 0
     daemon.request_stop()
     sim.stop()
+
+
+async def test_made_up_methods_and_paths_do_not_become_label_values(
+    nursery: trio.Nursery,
+) -> None:
+    # The attack: every request with a new 2 KB method (401s and 405s included)
+    # used to add a label value for good, and the scrape grew with them.
+    service = await start_service(nursery, token="s3cret-token")
+    rng = random.Random(7)
+    with trio.fail_after(60):
+        for index in range(300):
+            method = "".join(rng.choices(string.ascii_uppercase, k=2048))
+            path = rng.choice(["/events/orders", "/health", f"/made/up/{index}", "/metrics"])
+            auth = "Authorization: Bearer s3cret-token\r\n" if index % 2 else ""
+            answer = await exchange(
+                service.url,
+                f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n".encode(),
+            )
+            assert status_of(answer) in (401, 404, 405), answer[:100]
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.get(
+                f"{service.url}/metrics", headers={"authorization": "Bearer s3cret-token"}
+            )
+    assert len(response.content) < 32 * 1024
+    labels = [
+        labels for (name, labels) in samples(response.text) if name == "bezant_http_requests_total"
+    ]
+    methods = {dict(pairs)["method"] for pairs in labels}
+    routes = {dict(pairs)["route"] for pairs in labels}
+    assert methods == {"other"}
+    assert routes <= {"unmatched", "/events/<topic>", "/health", "/metrics"}
+    assert (
+        sum(
+            value(samples(response.text), "bezant_http_requests_total", **dict(pairs))
+            for pairs in labels
+        )
+        == 300
+    )

@@ -17,7 +17,8 @@ import trio.testing
 
 from bezant_trio.http.app import create_app
 from bezant_trio.http.context import HttpContext
-from bezant_trio.http.server import InFlight, serve_http
+from bezant_trio.http.gate import RequestGate
+from bezant_trio.http.server import serve_http
 from bezant_trio.http.sse import SseSettings, SseStreams
 from bezant_trio.store.hub import Hub
 from bezant_trio.wants import Wants
@@ -296,7 +297,7 @@ async def test_a_client_that_reads_nothing_is_dropped_after_the_stall_timeout(
     for _ in range(3000):  # ~24 MB: more than the socket buffers take
         hub.publish("orders", payload)
     streams = SseStreams()
-    app = InFlight(create_app(HttpContext(hub=hub), streams=streams))
+    app = RequestGate(create_app(HttpContext(hub=hub), streams=streams))
     stop = trio.Event()
     binds = await nursery.start(
         partial(serve_http, app, "127.0.0.1:0", shutdown_trigger=stop.wait, stall_timeout=0.5)

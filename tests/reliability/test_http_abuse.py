@@ -210,6 +210,8 @@ async def test_5000_concurrent_connections_are_all_answered_and_memory_is_bounde
     try:
         config = rig.config(test_sink=False)
         config["sinks"] = []
+        # Served at once only if the caps allow it (test_hostile.py tests the caps).
+        config["http"].update(max_connections=2 * connections, max_streams=2 * connections)
         daemon = await rig.start_process(config)
         assert daemon.url is not None and rig.client is not None
         await rig.sim.wait_subscribed("orders", timeout=30)
@@ -224,7 +226,7 @@ async def test_5000_concurrent_connections_are_all_answered_and_memory_is_bounde
                 statuses: Counter[int] = Counter()
                 request = (
                     f"GET /events/orders?since={since}&wait=25 HTTP/1.1\r\n"
-                    "Host: x\r\nConnection: close\r\n\r\n"
+                    "Host: localhost\r\nConnection: close\r\n\r\n"
                 ).encode()
 
                 async def long_poll(request: bytes = request, statuses: Any = statuses) -> None:

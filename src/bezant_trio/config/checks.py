@@ -35,6 +35,7 @@ __all__ = [
     "db_path",
     "field_ids",
     "gateway_url",
+    "host_names",
     "is_loopback_host",
     "optional_positive_int",
     "positive_int",
@@ -55,6 +56,9 @@ _FIELD_ID_RE: Final = re.compile(r"[0-9]+")
 _ENV_INT_RE: Final = re.compile(r"[0-9]{1,18}")
 _BIND_RE: Final = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]\s]+)):(?P<port>[0-9]+)")
 _EXAMPLE_URL: Final = "'https://localhost:5000/v1/api'"
+_HOST_NAME_RE: Final = re.compile(
+    r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*"
+)
 
 
 # --------------------------------------------------------------------------- environment text
@@ -296,6 +300,38 @@ def field_ids(key: str, value: object) -> tuple[str, ...]:
             raise ConfigError(entry, f"duplicate field id {item!r}")
         found.append(item)
     return tuple(found)
+
+
+def host_names(key: str, value: object) -> tuple[str, ...]:
+    """Distinct host names (lower-cased), IPv6 literals in brackets, or ``*``; no ports."""
+    if not isinstance(value, list | tuple):
+        raise ConfigError(
+            key, f'expected a list of host names like ["bezant.local"], got {describe(value)}'
+        )
+    found: list[str] = []
+    for index, item in enumerate(value):
+        entry = f"{key}[{index}]"
+        name = item.strip().lower() if isinstance(item, str) else None
+        if name is None or not (name == "*" or _is_host_name(name)):
+            raise ConfigError(
+                entry,
+                "expected a host name like bezant.local, an address like 192.168.1.5 or "
+                f"[fd00::5], or *, without a port; got {describe(item)}",
+            )
+        if name in found:
+            raise ConfigError(entry, f"duplicate host name {name!r}")
+        found.append(name)
+    return tuple(found)
+
+
+def _is_host_name(name: str) -> bool:
+    if name.startswith("[") and name.endswith("]"):
+        try:
+            ipaddress.IPv6Address(name[1:-1])
+        except ValueError:
+            return False
+        return True
+    return len(name) <= 253 and _HOST_NAME_RE.fullmatch(name.rstrip(".")) is not None
 
 
 def sink_entries(key: str, value: object) -> tuple[Mapping[str, Any], ...]:

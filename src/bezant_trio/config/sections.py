@@ -70,6 +70,12 @@ class HttpConfig(Section):
         None, checks.token, env="BEZANT_API_TOKEN", mask=mask_secret, repr=False
     )
     allow_unauthenticated: bool = setting(False, checks.boolean)
+    #: Without a token, Host names answered beside localhost, 127.0.0.1, [::1] ("*": any).
+    allowed_hosts: tuple[str, ...] = setting((), checks.host_names)
+    #: Connections served at once; beyond them (and a small reserve for /health): 503.
+    max_connections: int = setting(1000, checks.positive_int)
+    #: Requests answered at once over all connections (long-polls, SSE, HTTP/2 streams).
+    max_streams: int = setting(1000, checks.positive_int)
 
     @property
     def host(self) -> str:

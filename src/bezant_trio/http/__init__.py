@@ -8,6 +8,7 @@ The daemon uses one name from here, :class:`HttpService`, and hands it an
 from __future__ import annotations
 
 from bezant_trio.http.context import HttpContext
+from bezant_trio.http.limits import HttpLimits
 from bezant_trio.http.service import HttpService
 
-__all__ = ["HttpContext", "HttpService"]
+__all__ = ["HttpContext", "HttpLimits", "HttpService"]

@@ -19,9 +19,10 @@ from bezant_trio.http.console import PUBLIC_PATHS, install_console
 from bezant_trio.http.context import HttpContext
 from bezant_trio.http.errors import UNAUTHORIZED_MESSAGE, ApiError, error_response, json_response
 from bezant_trio.http.fastpath import FastPolls
+from bezant_trio.http.hosts import HOST_NOT_ALLOWED_MESSAGE
 from bezant_trio.http.metrics import CONTENT_TYPE, DaemonMetrics
 from bezant_trio.http.openapi import openapi_spec
-from bezant_trio.http.params import bearer_matches, check_topic, int_arg, want_conid
+from bezant_trio.http.params import OPEN_PATHS, bearer_matches, check_topic, int_arg, want_conid
 from bezant_trio.http.poll import events_body, poll_args, read_poll
 from bezant_trio.http.sse import SseStreams
 from bezant_trio.model import conid_of, marketdata_topic, parse_ts
@@ -31,10 +32,6 @@ __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
-#: Health probes answer without the token (orchestrators probe without secrets).
-HEALTH_ROUTES = frozenset({"/health", "/health/live", "/health/ready"})
-#: Also the console's static files (they hold no data; the page sends the token).
-PUBLIC_ROUTES = HEALTH_ROUTES | PUBLIC_PATHS
 HISTORY_DEFAULT_LIMIT = 500
 HISTORY_MAX_LIMIT = 5000
 
@@ -60,7 +57,14 @@ def create_app(
 
     @app.before_request
     async def _authenticate() -> Response | None:
-        if ctx.token is None or request.path in PUBLIC_ROUTES:
+        # The fast path (http.fastpath) makes the same checks, in this order.
+        if request.path in OPEN_PATHS:
+            return None
+        if ctx.token is None:
+            if not ctx.hosts.allows(request.scope["headers"]):
+                return error_response(403, "host_not_allowed", HOST_NOT_ALLOWED_MESSAGE)
+            return None
+        if request.path in PUBLIC_PATHS:  # the console's files hold no data
             return None
         if not bearer_matches(request.headers.get("authorization", ""), ctx.token):
             return error_response(401, "unauthorized", UNAUTHORIZED_MESSAGE)

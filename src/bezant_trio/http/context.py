@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bezant_trio.http.hosts import HostPolicy
 from bezant_trio.store.hub import Hub
 from bezant_trio.wants import Wants
 
@@ -34,6 +35,8 @@ class HttpContext:
     wants: Wants = field(default_factory=lambda: Wants(100))
     #: The bearer token every route but ``/health*`` needs; ``None``: no authentication.
     token: str | None = None
+    #: Without a token: the ``Host`` names (and browser origins) answered (``http.hosts``).
+    hosts: HostPolicy = field(default_factory=HostPolicy)
     #: Extra ``_status`` fields (connector, sinks), merged over the hub's.
     status_extra: Callable[[], dict[str, Any]] = dict
     #: ``(status, body)`` for ``/health``.

@@ -7,11 +7,12 @@ and ``GET /events/marketdata?conid=N`` with a well-formed query and no
 request body, by calling the hub through the same code as the Quart route
 (``http.poll``) and sending the same status, headers and body. Everything
 else goes to the Quart app unchanged: other routes and methods, anything it
-does not parse, and every error (400, 412, 429, 503) but one: the 401 for a
-wrong or missing token on these two routes. A token is checked once per
-request, in constant time (``params.bearer_matches``), so the layer that
-checked it gives the 401. ``tests/http/test_http_fastpath.py`` holds both paths to
-the same bytes.
+does not parse, and every error (400, 412, 429, 503) but two: the 401 for a
+wrong or missing token and, without a token, the 403 for a ``Host`` or
+browser origin that is not allowed (``http.hosts``), on these two routes. A
+token is checked once per request, in constant time (``params.bearer_matches``),
+so the layer that checked it gives the 401; the same goes for the 403.
+``tests/http/test_http_fastpath.py`` holds both paths to the same bytes.
 
 Reads the hub only; never imports the connector.
 """
@@ -28,6 +29,7 @@ from quart_trio import QuartTrio
 
 from bezant_trio.http.context import HttpContext
 from bezant_trio.http.errors import UNAUTHORIZED_MESSAGE, ApiError
+from bezant_trio.http.hosts import HOST_NOT_ALLOWED_MESSAGE
 from bezant_trio.http.params import bearer_matches, parse_int
 from bezant_trio.http.poll import PollArgs, events_body, poll_args, should_wait, wait_and_read
 from bezant_trio.model import TOPIC_RE, conid_of, marketdata_topic
@@ -40,7 +42,8 @@ __all__ = ["FastPolls"]
 TOPIC_ROUTE = "/events/<topic>"
 MARKETDATA_ROUTE = "/events/marketdata"
 
-#: A request carrying any of these goes to Quart, which knows how to drain a body.
+#: A request carrying any of these goes to Quart (``http.gate`` drops the body either way;
+#: these are rare enough that the fast path need not answer them).
 _BODY_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect"))
 # Quart's headers for these answers, in its order (the tests compare them with Quart's).
 _JSON = (b"content-type", b"application/json")
@@ -48,6 +51,8 @@ _HTML = (b"content-type", b"text/html; charset=utf-8")
 _NO_BODY = (b"content-length", b"0")
 #: ``errors.error_response(401, "unauthorized", ...)``, encoded once.
 _UNAUTHORIZED = orjson.dumps({"code": "unauthorized", "message": UNAUTHORIZED_MESSAGE})
+#: ``errors.error_response(403, "host_not_allowed", ...)``, encoded once.
+_HOST_NOT_ALLOWED = orjson.dumps({"code": "host_not_allowed", "message": HOST_NOT_ALLOWED_MESSAGE})
 
 
 class FastPolls:
@@ -58,7 +63,7 @@ class FastPolls:
 
     def __init__(self, *, enabled: bool = True) -> None:
         self.enabled = enabled
-        #: Requests answered here, without Quart: polls and their 401s (since start).
+        #: Requests answered here, without Quart: polls and their 401s and 403s (since start).
         self.answered = 0
         #: HTTP requests handed to Quart while enabled (since start).
         self.passed_on = 0
@@ -83,10 +88,12 @@ class _Poll:
 
 
 @dataclass(frozen=True, slots=True)
-class _Unauthorized:
-    """A request to one of the poll routes without the right token."""
+class _Refused:
+    """A request to one of the poll routes that Quart's ``before_request`` would refuse."""
 
     route: str
+    status: int
+    body: bytes
 
 
 class _FastPollApp:
@@ -104,19 +111,20 @@ class _FastPollApp:
             if type(plan) is _Poll:
                 await self._answer(plan, scope, receive, send)
                 return
-            if type(plan) is _Unauthorized:
+            if type(plan) is _Refused:
                 await self._send(
-                    plan.route, 401, [_JSON, _length(_UNAUTHORIZED)], _UNAUTHORIZED, send
+                    plan.route, plan.status, [_JSON, _length(plan.body)], plan.body, send
                 )
                 return
             polls.passed_on += 1
         await self._quart_app(scope, receive, send)
 
-    def _plan(self, scope: Any) -> _Poll | _Unauthorized | None:
+    def _plan(self, scope: Any) -> _Poll | _Refused | None:
         """What to answer, or None for Quart. Has no side effects.
 
-        Checks in Quart's order where the answers differ: the token (Quart's
-        ``before_request``) before the query's values (the route's).
+        Checks in Quart's order where the answers differ: the token, or
+        without one the ``Host`` (Quart's ``before_request``), before the
+        query's values (the route's).
         """
         if scope["method"] != "GET" or scope.get("root_path"):
             return None
@@ -143,12 +151,15 @@ class _FastPollApp:
         if query is None:
             return None
         token = self._ctx.token
+        if token is None:
+            if not self._ctx.hosts.allows(scope["headers"]):
+                return _Refused(route, 403, _HOST_NOT_ALLOWED)
         # Quart decodes header values as latin-1: decoded the same way, a
         # header passes here exactly when it passes there.
-        if token is not None and not bearer_matches(
+        elif not bearer_matches(
             "" if authorization is None else authorization.decode("latin-1"), token
         ):
-            return _Unauthorized(route)
+            return _Refused(route, 401, _UNAUTHORIZED)
         try:
             if route == MARKETDATA_ROUTE:
                 raw_conid = query.get("conid")
@@ -174,13 +185,13 @@ class _FastPollApp:
         # read_poll's steps, so that only a poll that waits pays for a watcher.
         answer = await hub.read(poll.topic, poll.args.since, poll.args.limit)
         if should_wait(poll.args, answer):
-            received: list[Any] = []
+            body = _BodySeen()
             async with trio.open_nursery() as nursery:
                 # Quart cancels a request whose client goes away; so does this
                 # watcher, for the one place that can take long: the wait.
                 watching = trio.CancelScope()
                 nursery.start_soon(
-                    _cancel_on_disconnect, receive, received, nursery.cancel_scope, watching
+                    _cancel_on_disconnect, receive, body, nursery.cancel_scope, watching
                 )
                 answer = await wait_and_read(hub, poll.topic, poll.args)
                 # Stop watching before answering. Answering at once, without
@@ -194,7 +205,7 @@ class _FastPollApp:
                     return
             if nursery.cancel_scope.cancelled_caught:
                 return  # the client went away: like Quart, answer nothing
-            receive = _replaying(received, receive)
+            receive = _replaying(body, receive)
         elif not answer.expired:
             await self._respond(hub, poll, answer, send)
             return
@@ -230,26 +241,42 @@ def _length(body: bytes) -> tuple[bytes, bytes]:
     return (b"content-length", b"%d" % len(body))
 
 
+class _BodySeen:
+    """Whether the watcher took the end of the request's body (its bytes are dropped)."""
+
+    __slots__ = ("complete",)
+
+    def __init__(self) -> None:
+        self.complete = False
+
+
 async def _cancel_on_disconnect(
-    receive: Any, received: list[Any], request: trio.CancelScope, watching: trio.CancelScope
+    receive: Any, body: _BodySeen, request: trio.CancelScope, watching: trio.CancelScope
 ) -> None:
+    # Body messages are dropped as they come: no route reads a body, and
+    # keeping them would let one long-poll hold all that a client sends
+    # (HTTP/2 needs no content-length to send one, so _plan cannot see it).
     with watching:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 request.cancel()
                 return
-            received.append(message)  # replayed to Quart if the poll goes there after all
+            if not message.get("more_body", False):
+                body.complete = True
 
 
-def _replaying(received: list[Any], receive: Any) -> Any:
-    """``receive`` that first gives back the messages the watcher took."""
-    if not received:
+def _replaying(body: _BodySeen, receive: Any) -> Any:
+    """``receive`` for Quart after the watcher: first the end of the body, if it took it."""
+    if not body.complete:
         return receive
+    ended = False
 
     async def replay() -> Any:
-        if received:
-            return received.pop(0)
+        nonlocal ended
+        if not ended:
+            ended = True
+            return {"type": "http.request", "body": b"", "more_body": False}
         return await receive()
 
     return replay

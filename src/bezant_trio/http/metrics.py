@@ -11,6 +11,11 @@ things need recording as they happen, and both are cheap:
   dict by an ``after_request`` hook and by the poll fast path (no lock, no
   label lookup per request).
 
+Every label value comes from a fixed set, never from the request as sent: a
+route is one of the app's templates or ``unmatched``, a method one of
+:data:`METHODS` or ``other``, a status a number the app answered. So no
+client can grow the registry (or the scrape) by inventing paths or methods.
+
 Reads the hub and status callables; never imports the connector or sinks.
 """
 
@@ -37,10 +42,16 @@ from bezant_trio.http.fastpath import FastPolls
 from bezant_trio.store.hub import Hub
 from bezant_trio.wants import Wants
 
-__all__ = ["CONTENT_TYPE", "DaemonMetrics"]
+__all__ = ["CONTENT_TYPE", "METHODS", "DaemonMetrics"]
 
 #: The text format ``generate_latest`` writes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: The method label values (RFC 9110 and PATCH); any other method counts as ``other``.
+METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+)
+#: The route label of a request no route matched (an unknown path, a 405).
+UNMATCHED = "unmatched"
 
 _COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 10, 50, 100, 500, 1000, 5000)
@@ -52,7 +63,10 @@ class DaemonMetrics:
     ``connector_status`` returns the connector's status dict (or None when
     the daemon does not connect), ``sinks_status`` the sink manager's;
     ``capacity_for`` gives a topic's ring capacity; ``in_flight`` the HTTP
-    requests in progress; ``sse_clients`` the open streams.
+    requests in progress; ``sse_clients`` the open streams; ``refused`` the
+    requests refused at a cap or for their body, by reason (``http.limits``);
+    ``connections`` the open HTTP connections, ``connections_dropped`` those
+    closed at once beyond the cap and its reserve.
     """
 
     def __init__(
@@ -65,6 +79,9 @@ class DaemonMetrics:
         in_flight: Callable[[], int] | None = None,
         sse_clients: Callable[[], int] | None = None,
         wants: Wants | None = None,
+        refused: Callable[[], dict[str, int]] | None = None,
+        connections: Callable[[], int] | None = None,
+        connections_dropped: Callable[[], int] | None = None,
         process: bool = True,
     ) -> None:
         self.hub = hub
@@ -73,6 +90,9 @@ class DaemonMetrics:
         self.capacity_for = capacity_for
         self.in_flight = in_flight
         self.sse_clients = sse_clients
+        self.refused = refused
+        self.connections = connections
+        self.connections_dropped = connections_dropped
         self.wants = wants
         self.registry = CollectorRegistry(auto_describe=True)
         self.commit_seconds = Histogram(
@@ -112,7 +132,7 @@ class DaemonMetrics:
         async def _count_request(response: Response) -> Response:
             rule = request.url_rule
             self.count_request(
-                rule.rule if rule is not None else "unmatched", request.method, response.status_code
+                rule.rule if rule is not None else UNMATCHED, request.method, response.status_code
             )
             return response
 
@@ -120,8 +140,12 @@ class DaemonMetrics:
             fast_polls.observers.append(self.count_request)
 
     def count_request(self, route: str, method: str, status: int) -> None:
-        """Count one answered request under its route template (no lock, no label lookup)."""
-        key = (route, method, str(status))
+        """Count one answered request under its route template (no lock, no label lookup).
+
+        ``route`` is a route template or ``unmatched`` (the callers know only
+        those); ``method`` is the request's, kept only if it is in :data:`METHODS`.
+        """
+        key = (route, method if method in METHODS else "other", str(status))
         counts = self.http_requests
         counts[key] = counts.get(key, 0) + 1
 
@@ -310,6 +334,29 @@ class _LiveCollector(Collector):
                 "Open Server-Sent Events streams.",
                 value=self._metrics.sse_clients(),
             )
+        if self._metrics.connections is not None:
+            yield GaugeMetricFamily(
+                "bezant_http_connections",
+                "Open HTTP connections (http.max_connections caps them).",
+                value=self._metrics.connections(),
+            )
+        if self._metrics.connections_dropped is not None:
+            yield CounterMetricFamily(
+                "bezant_http_connections_dropped",
+                "Connections closed as soon as accepted: beyond http.max_connections and "
+                "the /health reserve.",
+                value=self._metrics.connections_dropped(),
+            )
+        if self._metrics.refused is not None:
+            refused = CounterMetricFamily(
+                "bezant_http_refused",
+                "Requests refused before any route: at http.max_connections or "
+                "http.max_streams (503), or for a request body (408, 413), by reason.",
+                labels=["reason"],
+            )
+            for reason, count in self._metrics.refused().items():
+                refused.add_metric([reason], count)
+            yield refused
 
 
 def _info() -> Iterator[Metric]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from bezant_trio import __version__
 from bezant_trio.http.console import ASSET_NAMES
+from bezant_trio.http.params import OPEN_PATHS
 
 __all__ = ["openapi_spec"]
 
@@ -93,9 +94,69 @@ def _poll_responses(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return responses
 
 
+#: What the request gate and the Host check may answer on any route (``http.limits``, ``http.hosts``).
+_HOST_NOT_ALLOWED = _error(
+    "Without http.token: a Host or browser origin other than this machine's (DNS rebinding, "
+    "a cross-site request).",
+    "host_not_allowed",
+)
+_BODY_TIMEOUT = _error(
+    "A request body still arriving 10 s after the request began.", "body_timeout"
+)
+_BODY_TOO_LARGE = _error("A request body over 64 KiB (no route takes a body).", "payload_too_large")
+_AT_A_CAP = ("too_many_connections", "too_many_streams")
+
+
+def _add_gate_responses(paths: dict[str, Any]) -> None:
+    """Every operation's answers from in front of the routes: 403, 408, 413, the 503s at a cap."""
+    for path, item in paths.items():
+        for operation in item.values():
+            responses = operation["responses"]
+            if path not in OPEN_PATHS:
+                responses["403"] = _HOST_NOT_ALLOWED
+            responses["408"] = _BODY_TIMEOUT
+            responses["413"] = _BODY_TOO_LARGE
+            at_cap = _error(
+                "The connection or stream cap is reached (http.max_connections, "
+                "http.max_streams): retry after Retry-After seconds.",
+                *_AT_A_CAP,
+            )
+            at_cap["headers"] = {"retry-after": {"schema": {"type": "string"}}}
+            current = responses.get("503")
+            if current is None:
+                responses["503"] = at_cap
+                continue
+            schema = current["content"]["application/json"]["schema"]
+            codes = schema.get("properties", {}).get("code", {}).get("enum")
+            if codes is not None:  # an error already: one envelope, more codes
+                responses["503"] = _error(
+                    f"{current['description']} Or: {at_cap['description']}", *codes, *_AT_A_CAP
+                )
+            else:  # another body (/health's): either one
+                responses["503"] = {
+                    "description": f"{current['description']} Or: {at_cap['description']}",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    schema,
+                                    at_cap["content"]["application/json"]["schema"],
+                                ]
+                            }
+                        }
+                    },
+                }
+
+
 @cache
 def openapi_spec() -> dict[str, Any]:
     """The spec served at ``/openapi.json``."""
+    spec = _spec()
+    _add_gate_responses(spec["paths"])
+    return spec
+
+
+def _spec() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {

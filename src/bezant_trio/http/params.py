@@ -14,7 +14,11 @@ from bezant_trio.http.errors import ApiError
 from bezant_trio.model import TOPIC_RE
 from bezant_trio.wants import TooManyConids, Wants
 
-__all__ = ["bearer_matches", "check_topic", "int_arg", "parse_int", "want_conid"]
+__all__ = ["OPEN_PATHS", "bearer_matches", "check_topic", "int_arg", "parse_int", "want_conid"]
+
+#: Paths answered without the token and without the Host check: health probes
+#: carry neither, and what they answer tells a page nothing worth reading.
+OPEN_PATHS = frozenset(("/health", "/health/live", "/health/ready"))
 
 
 def check_topic(topic: str) -> None:

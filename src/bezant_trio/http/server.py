@@ -1,57 +1,86 @@
-"""Serve an app with Hypercorn on Trio; the bound URLs are what ``start`` reports."""
+"""Serve an app with Hypercorn on Trio: the listener, the connection cap, one task per connection.
+
+Hypercorn's own ``serve`` accepts every connection and lets one connection's
+failure end the whole server. This module runs Hypercorn's per-connection
+server (``TCPServer``) under an accept loop of its own, so that:
+
+- connections are counted, and those beyond ``max_connections`` are served
+  by the reserve app (``/health`` only, ``http.limits``) with short timeouts;
+  beyond the reserve a connection is closed as soon as it is accepted, so
+  the process never holds more descriptors than the caps allow, and the
+  listen backlog keeps moving: a health check that connects gets a
+  reserve slot as soon as one is free, not after everything queued before it;
+- running out of descriptors anyway (``EMFILE``, another part holding many)
+  pauses accepting with one warning line, not a traceback per attempt;
+- an error inside one connection (Hypercorn's HTTP/2 code raises
+  ``KeyError`` for body data on a stream it already answered) closes that
+  connection only, with one log line;
+- a connection the client closed while idle is closed at once: Hypercorn
+  would keep it, and its descriptor, until its keep-alive timeout (75 s).
+
+Everything else (the protocols, lifespan, graceful shutdown) is Hypercorn's.
+"""
 
 from __future__ import annotations
 
+import copy
+import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
-from hypercorn.trio import serve
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
 from bezant_trio.errors import StartupError
+from bezant_trio.http.limits import RESERVE, RESERVE_IDLE
+from bezant_trio.util import describe
 
-__all__ = ["STALL_TIMEOUT", "BindError", "InFlight", "hypercorn_config", "serve_http"]
+__all__ = [
+    "STALL_TIMEOUT",
+    "BindError",
+    "ConnectionSlots",
+    "hypercorn_config",
+    "serve_http",
+]
+
+log = logging.getLogger(__name__)
+
+#: Accept errors that mean "out of descriptors or memory": wait and try again.
+_CAPACITY_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS))
+#: Seconds accepting pauses after one of those; the warning is logged once per this many.
+_CAPACITY_PAUSE = 0.1
+_CAPACITY_WARN_EVERY = 30.0
 
 
 class BindError(StartupError):
     """The HTTP socket could not be bound (address in use, no permission)."""
 
 
-class InFlight:
-    """ASGI wrapper counting HTTP requests in progress, so shutdown can wait for them.
+class ConnectionSlots:
+    """Open connections, the cap and its reserve: who gets served how.
 
-    Hypercorn's graceful shutdown also waits for idle keep-alive connections
-    until its timeout; the daemon instead waits until no request is in flight.
+    ``max_connections`` connections are served by the app, the next
+    ``reserve`` by the reserve app; any more are closed at once.
     """
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.count = 0
-        self._idle = trio.Event()
-        self._idle.set()
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        self.count += 1
-        if self._idle.is_set():
-            self._idle = trio.Event()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.count -= 1
-            if self.count == 0:
-                self._idle.set()
-
-    async def wait_idle(self) -> None:
-        """Return once no request is in flight."""
-        while self.count:
-            await self._idle.wait()
+    def __init__(self, max_connections: int, reserve: int = RESERVE) -> None:
+        self.max_connections = max_connections
+        self.reserve = reserve
+        #: Connections open right now (closed-at-once ones not included).
+        self.open = 0
+        #: Connections served by the reserve app (since start).
+        self.reserved = 0
+        #: Connections closed at once, beyond the reserve (since start).
+        self.dropped = 0
 
 
 class _Config(HypercornConfig):
@@ -105,22 +134,187 @@ def hypercorn_config(
 
 
 async def serve_http(
-    app: object,
+    app: Any,
     bind: str,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
     graceful_timeout: float = 10.0,
     stall_timeout: float | None = STALL_TIMEOUT,
+    slots: ConnectionSlots | None = None,
+    reserve_app: Any = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` on ``bind`` until ``shutdown_trigger`` returns.
+    """Serve the ASGI ``app`` on ``bind`` until ``shutdown_trigger`` returns.
 
     Reports the bound URLs (``["http://127.0.0.1:8080"]``) through ``task_status``.
-    A client that reads nothing of a response for ``stall_timeout`` seconds is dropped.
+    A client that reads nothing of a response for ``stall_timeout`` seconds is
+    dropped. With ``slots``, connections beyond its cap are served by
+    ``reserve_app`` (required then); without, every connection is accepted.
+    Raises :class:`BindError` when ``bind`` cannot be listened on.
     """
+    if slots is not None and reserve_app is None:
+        raise ValueError("serve_http: slots needs a reserve_app")
     config = hypercorn_config(bind, graceful_timeout=graceful_timeout, stall_timeout=stall_timeout)
     try:
-        config.create_sockets().insecure_sockets[0].close()
+        sockets = config.create_sockets()
+        for sock in sockets.insecure_sockets:
+            sock.listen(config.backlog)
     except OSError as exc:
         raise BindError(f"http.bind: cannot listen on {bind}: {exc.strerror or exc}") from None
-    await serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)  # type: ignore[arg-type]
+    await _serve(app, config, sockets, shutdown_trigger, slots, reserve_app, task_status)
+
+
+async def _serve(
+    app: Any,
+    config: HypercornConfig,
+    sockets: Sockets,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    slots: ConnectionSlots | None,
+    reserve_app: Any,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    # hypercorn.trio.run.worker_serve, with our accept loop and connection handler.
+    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    lifespan_state: dict[str, Any] = {}
+    lifespan = Lifespan(wrapped, config, lifespan_state)
+    context = WorkerContext(None)
+    connection = partial(
+        _serve_connection,
+        wrapped,
+        config,
+        context,
+        ConnectionState(lifespan_state.copy()),
+        slots,
+        None if reserve_app is None else wrap_app(reserve_app, config.wsgi_max_body_size, "asgi"),
+        _reserve_config(config),
+    )
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            listeners = [
+                trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+                for sock in sockets.insecure_sockets
+            ]
+            binds = [
+                f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
+                for sock in sockets.insecure_sockets
+            ]
+            task_status.started(binds)
+            try:
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(raise_shutdown, shutdown_trigger)
+                    for listener in listeners:
+                        accepting.start_soon(
+                            _accept_loop, listener, slots, connection, server_nursery
+                        )
+            except BaseExceptionGroup as error:
+                _, other = error.split(ShutdownError)
+                if other is not None:
+                    raise other from None
+            finally:
+                # Close the listening sockets now (Hypercorn leaves them to the
+                # garbage collector): a client that connects after the stop is
+                # refused at once instead of waiting in the backlog.
+                for listener in listeners:
+                    listener.socket.close()
+                await context.terminated.set()
+                server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    slots: ConnectionSlots | None,
+    connection: Callable[[trio.SocketStream, bool], Awaitable[None]],
+    nursery: trio.Nursery,
+) -> None:
+    warned_at = -_CAPACITY_WARN_EVERY
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _CAPACITY_ERRNOS:
+                raise
+            now = trio.current_time()
+            if now - warned_at >= _CAPACITY_WARN_EVERY:
+                warned_at = now
+                log.warning(
+                    "cannot accept HTTP connections: %s; pausing (raise the open-files limit, "
+                    "LimitNOFILE=, or lower http.max_connections)",
+                    describe(exc),
+                )
+            await trio.sleep(_CAPACITY_PAUSE)
+            continue
+        reserved = False
+        if slots is not None:
+            # Decided here, not in the connection's task, so that a burst of
+            # accepts cannot pass the check before any of them is counted.
+            if slots.open >= slots.max_connections + slots.reserve:
+                slots.dropped += 1
+                stream.socket.close()
+                continue
+            reserved = slots.open >= slots.max_connections
+            slots.reserved += reserved
+            slots.open += 1
+        nursery.start_soon(connection, stream, reserved)
+
+
+async def _serve_connection(
+    app: Any,
+    config: HypercornConfig,
+    context: WorkerContext,
+    state: ConnectionState,
+    slots: ConnectionSlots | None,
+    reserve_app: Any,
+    reserve_config: HypercornConfig,
+    stream: trio.SocketStream,
+    reserved: bool,
+) -> None:
+    if reserved:
+        app, config = reserve_app, reserve_config
+    try:
+        await _Connection(app, config, context, state, stream)  # type: ignore[arg-type]
+    except BaseExceptionGroup as group:
+        errors, rest = group.split(Exception)
+        _log_connection_error(errors)
+        if rest is not None:
+            raise rest from None
+    except Exception as exc:
+        _log_connection_error(exc)
+    finally:
+        if slots is not None:
+            slots.open -= 1
+        # TCPServer closes the stream itself; this is for when it failed before.
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+class _Connection(TCPServer):
+    """Hypercorn's connection server, ended as soon as the client is gone."""
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # Reading ends at EOF, a reset, a read timeout or the server's close;
+        # by then Hypercorn has told the request (if any) the client is gone.
+        # The idle timer would keep the connection's task, and its socket,
+        # for the rest of the keep-alive timeout: stop it.
+        await self.idle_task.stop()
+
+
+def _log_connection_error(exc: BaseException | None) -> None:
+    if exc is None:
+        return
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    log.info("closed an HTTP connection after an error in the server: %s", describe(exc))
+    log.debug("the error", exc_info=exc)
+
+
+def _reserve_config(config: HypercornConfig) -> HypercornConfig:
+    """``config`` for a connection in the reserve: closed soon when idle or slow."""
+    reserve = copy.copy(config)
+    reserve.keep_alive_timeout = RESERVE_IDLE
+    reserve.read_timeout = min(config.read_timeout or RESERVE_IDLE, RESERVE_IDLE * 2)
+    return reserve

@@ -13,14 +13,20 @@ its last id loses nothing, whatever happened in between.
   still kept, and the stream goes on from there: only what is gone is skipped.
 - ``: heartbeat`` comments every ``heartbeat`` seconds keep proxies from
   closing an idle stream.
-- Memory per client is bounded: the stream reads the next batch from the hub
-  only once the previous one was handed to the socket, so at most one batch
-  (``batch`` events) waits in the process; the hub's ring and log are the
-  buffer. A client so slow that one batch takes longer than
-  ``slow_client_timeout`` to be accepted while more events wait for it gets
-  a final ``: slow client`` comment and is disconnected; it resumes with
-  ``Last-Event-ID``. A client that accepts nothing at all is dropped by the
-  kernel (``TCP_USER_TIMEOUT``, see ``http.server``).
+- Memory is bounded per stream and in total: a stream reads the next chunk
+  from the hub only once the previous one was handed to the socket, and a
+  chunk holds at most ``chunk_bytes`` (or one event, if that is larger): the
+  hub's ring and log are the buffer, not this process's heap. The number of
+  events read at once follows the sizes seen, so a read back into the log
+  brings no more than a chunk into memory either. All streams together
+  hold at most ``read_ahead_total`` bytes of chunks: a stream waits for its
+  turn when that is taken (by clients that read slowly). When streams end,
+  the memory they used is handed back to the OS (``bezant_trio.memory``).
+- A client so slow that one chunk takes longer than ``slow_client_timeout``
+  to be accepted while more events wait for it gets a final ``: slow
+  client`` comment and is disconnected; it resumes with ``Last-Event-ID``. A
+  client that accepts nothing at all is dropped by the kernel
+  (``TCP_USER_TIMEOUT``, see ``http.server``).
 - At shutdown (``hub.closing``) every stream ends promptly with a
   ``: shutting down`` comment.
 
@@ -40,6 +46,7 @@ from quart_trio import QuartTrio
 from bezant_trio.http.context import HttpContext
 from bezant_trio.http.errors import ApiError
 from bezant_trio.http.params import check_topic, int_arg, parse_int, want_conid
+from bezant_trio.memory import MemoryTrimmer
 from bezant_trio.model import Event, GapReason, conid_of, format_ts
 from bezant_trio.store.hub import Hub
 from bezant_trio.wants import TooManyConids, Wants
@@ -55,6 +62,10 @@ class SseSettings:
     heartbeat: float = 15.0
     #: Most events read from the hub and written as one chunk.
     batch: int = 500
+    #: Most bytes of events in one chunk, so in memory per stream (one larger event goes alone).
+    chunk_bytes: int = 32 * 1024
+    #: Most bytes of chunks all streams hold at once; the default covers 1,000 streams.
+    read_ahead_total: int = 32 * 1024 * 1024
     #: A chunk the client takes longer than this to accept, with more events
     #: waiting, ends the stream with a final comment.
     slow_client_timeout: float = 10.0
@@ -65,12 +76,18 @@ class SseSettings:
 class SseStreams:
     """The stream route and its live client count (for ``/metrics``)."""
 
-    def __init__(self, settings: SseSettings | None = None) -> None:
-        self.settings = settings or SseSettings()
+    def __init__(
+        self, settings: SseSettings | None = None, *, trimmer: MemoryTrimmer | None = None
+    ) -> None:
+        self.settings = settings = settings or SseSettings()
         #: Streams open right now.
         self.clients = 0
         #: Streams ended because the client was too slow (since start).
         self.slow_disconnects = 0
+        #: Told when a stream ends, to give the memory it used back to the OS.
+        self.trimmer = trimmer
+        # One token per chunk that may be in memory at once.
+        self._turns = trio.Semaphore(max(1, settings.read_ahead_total // settings.chunk_bytes))
 
     def install(self, app: QuartTrio, ctx: HttpContext) -> None:
         """Register ``GET /events/<topic>/stream`` on ``app``."""
@@ -107,6 +124,7 @@ class SseStreams:
         # No cancel scope or nursery spans a `yield` here: Quart drives this
         # generator from its own task, and Trio scopes must not cross a yield.
         settings = self.settings
+        reader = _ChunkReader(hub, topic, settings)
         self.clients += 1
         try:
             yield (
@@ -115,39 +133,84 @@ class SseStreams:
             while True:
                 if conid is not None:
                     _keep_wanted(wants, conid)
-                answer = await hub.read(topic, cursor, settings.batch)
-                if answer.expired:
-                    # Go on from the oldest event still kept: only what is gone is skipped.
-                    # (A cursor beyond the newest comes from another cursor space, a
-                    # restart without the log: everything kept is new to the client.)
-                    resume = max(0, (answer.oldest_cursor or answer.head_cursor + 1) - 1)
-                    chunk = _gap_message(hub, topic, cursor, resume)
-                    cursor = resume
-                elif answer.events:
-                    chunk = b"".join(map(_event_message, answer.events))
-                    cursor = answer.next_cursor
-                elif hub.closing:
+                # Take a turn before reading: what is read stays in memory
+                # until the socket has taken its chunk.
+                await self._turns.acquire()
+                try:
+                    chunk, cursor = await reader.read(cursor)
+                    if chunk:
+                        handed_at = trio.current_time()
+                        yield chunk
+                        del chunk
+                        took = trio.current_time() - handed_at
+                        if took > settings.slow_client_timeout and hub.head(topic) > cursor:
+                            self.slow_disconnects += 1
+                            yield _slow_client(took, hub.head(topic) - cursor)
+                            return
+                        continue
+                finally:
+                    self._turns.release()
+                if hub.closing:
                     yield b": shutting down; reconnect with Last-Event-ID\n\n"
                     return
-                elif await hub.wait(topic, cursor, settings.heartbeat, limit=settings.batch):
+                if await hub.wait(topic, cursor, settings.heartbeat, limit=settings.batch):
                     continue
-                elif hub.closing:
+                if hub.closing:
                     continue  # woken by shutdown: read what is left, then end
-                else:
-                    chunk = b": heartbeat\n\n"
-                handed_at = trio.current_time()
-                yield chunk
-                took = trio.current_time() - handed_at
-                if took > settings.slow_client_timeout and hub.head(topic) > cursor:
-                    self.slow_disconnects += 1
-                    yield (
-                        f": slow client: a chunk took {took:.0f} s to send and "
-                        f"{hub.head(topic) - cursor} events are waiting; "
-                        "reconnect with Last-Event-ID\n\n"
-                    ).encode()
-                    return
+                yield b": heartbeat\n\n"
         finally:
             self.clients -= 1
+            if self.trimmer is not None:
+                self.trimmer.request()
+
+
+class _ChunkReader:
+    """Reads one stream's next chunk, as many events at once as ``chunk_bytes`` holds."""
+
+    __slots__ = ("_event_size", "_hub", "_settings", "_topic")
+
+    #: A guess at an event's size before any was read (a small order update).
+    FIRST_GUESS = 1024
+
+    def __init__(self, hub: Hub, topic: str, settings: SseSettings) -> None:
+        self._hub = hub
+        self._topic = topic
+        self._settings = settings
+        self._event_size = self.FIRST_GUESS
+
+    async def read(self, cursor: int) -> tuple[bytes, int]:
+        """The next chunk after ``cursor`` and the cursor after it (``b""``: nothing new).
+
+        The events read are local to this call, so once it returns only the
+        chunk is held while the socket takes it.
+        """
+        settings, hub, topic = self._settings, self._hub, self._topic
+        limit = max(1, min(settings.batch, settings.chunk_bytes // self._event_size))
+        answer = await hub.read(topic, cursor, limit)
+        if answer.expired:
+            # Go on from the oldest event still kept: only what is gone is skipped.
+            # (A cursor beyond the newest comes from another cursor space, a
+            # restart without the log: everything kept is new to the client.)
+            resume = max(0, (answer.oldest_cursor or answer.head_cursor + 1) - 1)
+            return _gap_message(hub, topic, cursor, resume), resume
+        events = answer.events
+        if not events:
+            return b"", cursor
+        taken, size = 0, 0
+        for event in events:
+            if taken and size + len(event.json) > settings.chunk_bytes:
+                break
+            size += len(event.json)
+            taken += 1
+        self._event_size = max(64, size // taken)
+        return b"".join(map(_event_message, events[:taken])), events[taken - 1].cursor
+
+
+def _slow_client(took: float, waiting: int) -> bytes:
+    return (
+        f": slow client: a chunk took {took:.0f} s to send and {waiting} events are "
+        "waiting; reconnect with Last-Event-ID\n\n"
+    ).encode()
 
 
 def _keep_wanted(wants: Wants, conid: int) -> None:

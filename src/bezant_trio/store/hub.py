@@ -476,11 +476,20 @@ class Hub:
                         await waiter.wait()
             finally:
                 self.waiting -= 1
+                self._forget_wakeup(topic)
         if self.head(topic) <= since:
             return False
         if limit > 1:
             await self._pace(topic, since, limit)
         return True
+
+    def _forget_wakeup(self, topic: str) -> None:
+        # A publish pops the topic's wake-up; a wait that timed out (or was
+        # cancelled) must not leave it behind, or every topic name a client
+        # ever long-polled would keep an entry, event or not.
+        waiter = self._wakeups.get(topic)
+        if waiter is not None and waiter.statistics().tasks_waiting == 0:
+            del self._wakeups[topic]
 
     async def _pace(self, topic: str, since: int, limit: int) -> None:
         """Hold a batch reader of a hot topic until ``WAKE_INTERVAL`` since its last answer."""

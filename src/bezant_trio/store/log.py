@@ -166,7 +166,7 @@ class EventLog:
         text_path = os.path.abspath(os.fspath(path))
         parent = os.path.dirname(text_path)
         try:
-            os.makedirs(parent, exist_ok=True)
+            _make_private_dirs(parent)
         except OSError as err:
             raise LogOpenError(
                 f"cannot create the directory {parent} for the event log {text_path}"
@@ -176,6 +176,13 @@ class EventLog:
             raise LogOpenError(
                 f"the event log path {text_path} is a directory; point store.path at a file"
             )
+        try:
+            _make_private_files(text_path)
+        except OSError as err:
+            raise LogOpenError(
+                f"cannot create the event log {text_path} ({err.strerror or err});"
+                " check store.path and its permissions"
+            ) from err
         conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(
@@ -722,6 +729,61 @@ def _migrate(conn: sqlite3.Connection, path: str, migrations: Sequence[str]) -> 
                 f" failed ({err}); the file is unchanged, check free disk space and permissions"
             ) from err
         logger.info("event log %s migrated to schema %d", path, version)
+
+
+#: The log's files and the directories created for it: the owner's alone, whatever the umask.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+#: SQLite's companions of the main file in WAL mode.
+_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def _make_private_dirs(directory: str) -> None:
+    """Create ``directory`` and missing parents, each ``DIR_MODE``; existing ones stay as they are.
+
+    ``os.makedirs(mode=...)`` gives the mode to the last directory only, and
+    both go through the umask, so each level is made and then chmod-ed.
+    """
+    missing: list[str] = []
+    while not os.path.isdir(directory):
+        missing.append(directory)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, DIR_MODE)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise
+            continue  # made by someone else meanwhile: not ours to change
+        os.chmod(path, DIR_MODE)
+
+
+def _make_private_files(path: str) -> None:
+    """Create the log file ``FILE_MODE`` if missing; take group and other access off its files.
+
+    SQLite creates ``-wal`` and ``-shm`` with the main file's mode, so a main
+    file made ``0600`` here keeps them ``0600`` too, whatever the umask. A log
+    left readable by an older version (``0644``) is tightened the same way.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            os.fchmod(fd, FILE_MODE)
+        finally:
+            os.close(fd)
+    for name in (path, *(path + suffix for suffix in _COMPANIONS)):
+        try:
+            mode = os.stat(name, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            continue
+        if mode & 0o077 and not os.path.islink(name):
+            os.chmod(name, mode & 0o700)
 
 
 def _explain_open_error(path: str, err: sqlite3.Error) -> str:
