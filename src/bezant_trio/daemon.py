@@ -169,6 +169,8 @@ class Daemon:
             hub,
             bind=config.http.bind,
             wants=self.wants,
+            bars=self.bars,
+            book=self.book,
             token=config.http.token,
             status_extra=self._status_extra,
             health=self._health,

@@ -38,6 +38,7 @@ __all__ = [
     "marketdata_topic",
     "parse_ts",
     "topic_family",
+    "wanted_conid",
 ]
 
 # ------------------------------------------------------------------ topics
@@ -59,7 +60,7 @@ BOOK = "book"
 ACCOUNT_SUMMARY = "account_summary"
 LEDGER = "ledger"
 #: Families whose key is a conid that readers ask for (subscribed lazily).
-CONID_FAMILIES = (MARKETDATA,)
+CONID_FAMILIES = (MARKETDATA, BARS, BOOK)
 #: Well-formed topic names: a lowercase family, optionally ``:`` and a key.
 #: ``\Z``, not ``$``: ``$`` also matches before a trailing newline ("orders\n").
 TOPIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}(:[A-Za-z0-9_.\-]{1,64})?\Z")
@@ -107,6 +108,15 @@ def ledger_topic(account: str | None = None) -> str:
 def topic_family(topic: str) -> str:
     """The family of a topic: ``"marketdata"`` for ``"marketdata:265598"``, else the topic."""
     return topic.partition(":")[0]
+
+
+def wanted_conid(topic: str) -> tuple[str, int] | None:
+    """``(family, conid)`` of a per-instrument topic (``bars:265598``), else None."""
+    family = topic.partition(":")[0]
+    if family not in CONID_FAMILIES:
+        return None
+    conid = conid_of(topic, family)
+    return (family, conid) if conid is not None else None
 
 
 def conid_of(topic: str, family: str = MARKETDATA) -> int | None:

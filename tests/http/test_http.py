@@ -342,3 +342,24 @@ async def test_huge_query_string_is_rejected_and_daemon_keeps_serving(serve, hub
         assert reply == b"" or reply.split(b" ")[1].startswith(b"4")
         async with httpx.AsyncClient() as c:
             assert (await c.get(f"{base}/events/orders")).status_code == 200
+
+
+async def test_bars_and_book_are_wanted_by_their_polls_and_bars_are_limited_to_five(
+    serve, client
+) -> None:
+    hub = Hub(lambda topic: 100)
+    await hub.open()
+    ctx = HttpContext(hub=hub)
+    with trio.fail_after(10):
+        base = await serve(ctx)
+        for conid in range(1, 6):
+            assert (await client.get(f"{base}/events/bars?conid={conid}")).status_code == 200
+        sixth = await client.get(f"{base}/events/bars:6")
+        book = await client.get(f"{base}/events/book?conid=7")
+        missing = await client.get(f"{base}/events/book")
+    assert ctx.bars.wanted() == [1, 2, 3, 4, 5] and ctx.book.wanted() == [7]
+    assert sixth.status_code == 429 and sixth.json()["code"] == "too_many_conids"
+    assert "the gateway allows 5 at once" in sixth.json()["message"]
+    assert book.status_code == 200
+    assert missing.status_code == 400 and "conid is required" in missing.json()["message"]
+    assert ctx.wants.wanted() == []  # market data is another demand

@@ -167,6 +167,10 @@ PLAIN_TABLE: list[tuple[bytes, bool]] = [
     (_get("/events/marketdata?since=1&conid=265598"), True),
     (_get("/events/marketdata:265598?since=0"), True),
     (_get("/events/marketdata:2"), True),
+    (_get("/events/bars?conid=265598"), True),
+    (_get("/events/bars:265598?since=0"), True),
+    (_get("/events/book?conid=265598"), True),
+    (_get("/events/bars"), False),  # 400: conid is required
     (_get("/events/marketdata:abc"), True),  # not a conid: nothing to want
     (_get("/events/orders?since=1&foo=bar&x"), True),
     (_get("/events/orders?since=1&since=3"), True),  # the first wins, as in werkzeug

@@ -273,7 +273,7 @@ async def test_a_chunk_accepted_too_slowly_ends_the_stream_with_a_final_comment(
     streams = SseStreams(SseSettings(slow_client_timeout=30.0))
     for i in range(3):
         hub.publish("orders", {"i": i})
-    frames = streams._frames(hub, Wants(1), "orders", 0, None)
+    frames = streams._frames(hub, "orders", 0, None)
     assert b"retry:" in await anext(frames)
     first = await anext(frames)  # the three events, as one chunk
     assert first.count(b"id: ") == 3

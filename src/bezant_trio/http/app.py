@@ -9,6 +9,7 @@ everything else, every error included, is here.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from quart import Response, request
@@ -22,10 +23,17 @@ from bezant_trio.http.fastpath import FastPolls
 from bezant_trio.http.hosts import HOST_NOT_ALLOWED_MESSAGE
 from bezant_trio.http.metrics import CONTENT_TYPE, DaemonMetrics
 from bezant_trio.http.openapi import openapi_spec
-from bezant_trio.http.params import OPEN_PATHS, bearer_matches, check_topic, int_arg, want_conid
+from bezant_trio.http.params import (
+    OPEN_PATHS,
+    bearer_matches,
+    check_topic,
+    int_arg,
+    want_conid,
+    want_topic,
+)
 from bezant_trio.http.poll import events_body, poll_args, read_poll
 from bezant_trio.http.sse import SseStreams
-from bezant_trio.model import conid_of, marketdata_topic, parse_ts
+from bezant_trio.model import CONID_FAMILIES, keyed_topic, parse_ts
 from bezant_trio.store.hub import Hub, HubRead
 
 __all__ = ["create_app"]
@@ -125,24 +133,31 @@ def create_app(
         body.update(ctx.status_extra())
         return json_response(body)
 
-    @app.get("/events/marketdata")
-    async def events_marketdata() -> Response:
+    async def events_by_conid(family: str) -> Response:
         hub = _require_hub(ctx)
         conid = int_arg("conid", None, minimum=1)
         if conid is None:
             raise ApiError(
-                400, "invalid_query", "conid is required: /events/marketdata?conid=265598"
+                400, "invalid_query", f"conid is required: /events/{family}?conid=265598"
             )
-        want_conid(ctx.wants, conid)
-        return await _poll(hub, marketdata_topic(conid))
+        topic = keyed_topic(family, conid)
+        want_topic(ctx, topic)
+        return await _poll(hub, topic)
+
+    for family in CONID_FAMILIES:
+        # /events/marketdata?conid=N, /events/bars?conid=N, /events/book?conid=N
+        app.add_url_rule(
+            f"/events/{family}",
+            f"events_{family}",
+            functools.partial(events_by_conid, family),
+            methods=["GET"],
+        )
 
     @app.get("/events/<topic>")
     async def events_topic(topic: str) -> Response:
         hub = _require_hub(ctx)
         check_topic(topic)
-        conid = conid_of(topic)
-        if conid is not None:
-            want_conid(ctx.wants, conid)
+        want_topic(ctx, topic)
         return await _poll(hub, topic)
 
     @app.get("/events/<topic>/history")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bezant_trio.http.hosts import HostPolicy
+from bezant_trio.model import BARS, BOOK, MARKETDATA
 from bezant_trio.store.hub import Hub
 from bezant_trio.wants import Wants
 
@@ -33,6 +34,9 @@ class HttpContext:
     hub: Hub | None
     #: Market-data demand: polls and streams of ``marketdata:<conid>`` record here.
     wants: Wants = field(default_factory=lambda: Wants(100))
+    #: Streaming bars and price-ladder demand (``bars:<conid>``, ``book:<conid>``).
+    bars: Wants = field(default_factory=lambda: Wants(5, what="streaming-bars", setting=None))
+    book: Wants = field(default_factory=lambda: Wants(1, what="price-ladder", setting=None))
     #: The bearer token every route but ``/health*`` needs; ``None``: no authentication.
     token: str | None = None
     #: Without a token: the ``Host`` names (and browser origins) answered (``http.hosts``).
@@ -49,3 +53,7 @@ class HttpContext:
     sinks_status: Callable[[], dict[str, dict[str, Any]]] = dict
     #: A topic's ring capacity, for ``/metrics``.
     capacity_for: Callable[[str], int] | None = None
+
+    def demand(self, family: str) -> Wants:
+        """The wants of a per-instrument family (``marketdata``, ``bars``, ``book``)."""
+        return {MARKETDATA: self.wants, BARS: self.bars, BOOK: self.book}[family]

@@ -32,15 +32,15 @@ from bezant_trio.http.errors import UNAUTHORIZED_MESSAGE, ApiError
 from bezant_trio.http.hosts import HOST_NOT_ALLOWED_MESSAGE
 from bezant_trio.http.params import bearer_matches, parse_int
 from bezant_trio.http.poll import PollArgs, events_body, poll_args, should_wait, wait_and_read
-from bezant_trio.model import TOPIC_RE, conid_of, marketdata_topic
+from bezant_trio.model import CONID_FAMILIES, TOPIC_RE, keyed_topic, wanted_conid
 from bezant_trio.store.hub import Hub, HubRead
 from bezant_trio.wants import TooManyConids
 
 __all__ = ["FastPolls"]
 
-#: The route templates Quart knows these polls by (request metrics key on them).
+#: The route template Quart knows topic polls by (request metrics key on it);
+#: ``/events/marketdata`` (and bars, book) are routes of their own.
 TOPIC_ROUTE = "/events/<topic>"
-MARKETDATA_ROUTE = "/events/marketdata"
 
 #: A request carrying any of these goes to Quart (``http.gate`` drops the body either way;
 #: these are rare enough that the fast path need not answer them).
@@ -82,8 +82,8 @@ class _Poll:
 
     route: str
     topic: str
-    #: The conid a ``marketdata`` poll wants (None for other topics).
-    conid: int | None
+    #: ``(family, conid)`` a per-instrument poll wants (None for other topics).
+    wanted: tuple[str, int] | None
     args: PollArgs
 
 
@@ -132,8 +132,8 @@ class _FastPollApp:
         if not path.startswith("/events/") or self._ctx.hub is None:
             return None
         name = path[8:]
-        if name == "marketdata":
-            route = MARKETDATA_ROUTE
+        if name in CONID_FAMILIES:
+            route = f"/events/{name}"
         elif TOPIC_RE.match(name) is not None:
             route = TOPIC_ROUTE
         else:
@@ -161,22 +161,22 @@ class _FastPollApp:
         ):
             return _Refused(route, 401, _UNAUTHORIZED)
         try:
-            if route == MARKETDATA_ROUTE:
+            if route != TOPIC_ROUTE:  # /events/marketdata?conid=N and the like
                 raw_conid = query.get("conid")
                 if raw_conid is None:
                     return None
-                conid: int | None = parse_int("conid", raw_conid, minimum=1)
-                return _Poll(route, marketdata_topic(conid), conid, poll_args(query))
-            return _Poll(route, name, conid_of(name), poll_args(query))
+                conid = parse_int("conid", raw_conid, minimum=1)
+                return _Poll(route, keyed_topic(name, conid), (name, conid), poll_args(query))
+            return _Poll(route, name, wanted_conid(name), poll_args(query))
         except ApiError:
             return None
 
     async def _answer(self, poll: _Poll, scope: Any, receive: Any, send: Any) -> None:
         hub = self._ctx.hub
         assert hub is not None  # _plan checked it
-        if poll.conid is not None:
+        if poll.wanted is not None:
             try:
-                self._ctx.wants.want(poll.conid)
+                self._ctx.demand(poll.wanted[0]).want(poll.wanted[1])
             except TooManyConids:
                 # Nothing was recorded: Quart asks again and answers the 429.
                 self._polls.passed_on += 1

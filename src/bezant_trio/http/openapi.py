@@ -349,6 +349,62 @@ def _spec() -> dict[str, Any]:
                     ),
                 }
             },
+            "/events/bars": {
+                "get": {
+                    "summary": "Streaming bars (smh) for one conid; subscribes them upstream on first use (the gateway allows 5 at once).",
+                    "parameters": [
+                        {
+                            "name": "conid",
+                            "in": "query",
+                            "required": True,
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 999999999999999999,
+                            },
+                        },
+                        _SINCE,
+                        _LIMIT,
+                        _WAIT,
+                    ],
+                    "responses": _poll_responses(
+                        {
+                            "429": _error(
+                                "More than 5 bars conids wanted (the gateway's limit).",
+                                "too_many_conids",
+                            )
+                        }
+                    ),
+                }
+            },
+            "/events/book": {
+                "get": {
+                    "summary": "The BookTrader price ladder (sbd) for one conid; subscribes it upstream on first use (one at a time).",
+                    "parameters": [
+                        {
+                            "name": "conid",
+                            "in": "query",
+                            "required": True,
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 999999999999999999,
+                            },
+                        },
+                        _SINCE,
+                        _LIMIT,
+                        _WAIT,
+                    ],
+                    "responses": _poll_responses(
+                        {
+                            "429": _error(
+                                "Another conid's ladder is wanted (one at a time).",
+                                "too_many_conids",
+                            )
+                        }
+                    ),
+                }
+            },
             "/state/orders": {
                 "get": {
                     "summary": "The latest record of every order, merged from sor updates and resyncs.",

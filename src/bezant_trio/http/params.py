@@ -10,11 +10,20 @@ import hmac
 
 from quart import request
 
+from bezant_trio.http.context import HttpContext
 from bezant_trio.http.errors import ApiError
-from bezant_trio.model import TOPIC_RE
+from bezant_trio.model import TOPIC_RE, wanted_conid
 from bezant_trio.wants import TooManyConids, Wants
 
-__all__ = ["OPEN_PATHS", "bearer_matches", "check_topic", "int_arg", "parse_int", "want_conid"]
+__all__ = [
+    "OPEN_PATHS",
+    "bearer_matches",
+    "check_topic",
+    "int_arg",
+    "parse_int",
+    "want_conid",
+    "want_topic",
+]
 
 #: Paths answered without the token and without the Host check: health probes
 #: carry neither, and what they answer tells a page nothing worth reading.
@@ -29,6 +38,17 @@ def check_topic(topic: str) -> None:
             "invalid_topic",
             "topic must look like 'orders' or 'marketdata:265598' (lowercase family, optional ':key')",
         )
+
+
+def want_topic(ctx: HttpContext, topic: str) -> tuple[str, int] | None:
+    """Record a reader's want of a per-instrument topic's conid; 429 past the limit.
+
+    Returns ``(family, conid)``, or None for a topic that is not per instrument.
+    """
+    found = wanted_conid(topic)
+    if found is not None:
+        want_conid(ctx.demand(found[0]), found[1])
+    return found
 
 
 def want_conid(wants: Wants, conid: int) -> None:

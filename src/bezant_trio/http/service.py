@@ -55,6 +55,8 @@ class HttpService:
         *,
         bind: str,
         wants: Wants,
+        bars: Wants | None = None,
+        book: Wants | None = None,
         token: str | None = None,
         status_extra: Callable[[], dict[str, Any]] = dict,
         health: Callable[[], tuple[int, dict[str, Any]]] | None = None,
@@ -80,6 +82,10 @@ class HttpService:
             sinks_status=sinks_status,
             capacity_for=capacity_for,
         )
+        if bars is not None:
+            ctx.bars = bars
+        if book is not None:
+            ctx.book = book
         if health is not None:
             ctx.health = health
         if readiness is not None:

@@ -45,9 +45,9 @@ from quart_trio import QuartTrio
 
 from bezant_trio.http.context import HttpContext
 from bezant_trio.http.errors import ApiError
-from bezant_trio.http.params import check_topic, int_arg, parse_int, want_conid
+from bezant_trio.http.params import check_topic, int_arg, parse_int, want_topic
 from bezant_trio.memory import MemoryTrimmer
-from bezant_trio.model import Event, GapReason, conid_of, format_ts
+from bezant_trio.model import Event, GapReason, format_ts
 from bezant_trio.store.hub import Hub
 from bezant_trio.wants import TooManyConids, Wants
 
@@ -105,11 +105,10 @@ class SseStreams:
                 since = parse_int("Last-Event-ID", last_event_id.strip(), minimum=0)
             else:
                 since = int_arg("since", 0, minimum=0) or 0
-            conid = conid_of(topic)
-            if conid is not None:
-                want_conid(ctx.wants, conid)
+            wanted = want_topic(ctx, topic)
+            demand = (ctx.demand(wanted[0]), wanted[1]) if wanted is not None else None
             response = Response(
-                self._frames(hub, ctx.wants, topic, since, conid),
+                self._frames(hub, topic, since, demand),
                 status=200,
                 content_type="text/event-stream; charset=utf-8",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
@@ -119,7 +118,7 @@ class SseStreams:
             return response
 
     async def _frames(
-        self, hub: Hub, wants: Wants, topic: str, cursor: int, conid: int | None
+        self, hub: Hub, topic: str, cursor: int, demand: tuple[Wants, int] | None
     ) -> AsyncIterator[bytes]:
         # No cancel scope or nursery spans a `yield` here: Quart drives this
         # generator from its own task, and Trio scopes must not cross a yield.
@@ -131,8 +130,8 @@ class SseStreams:
                 f"retry: {settings.retry_ms}\n: {topic} events after cursor {cursor}\n\n".encode()
             )
             while True:
-                if conid is not None:
-                    _keep_wanted(wants, conid)
+                if demand is not None:
+                    _keep_wanted(*demand)
                 # Take a turn before reading: what is read stays in memory
                 # until the socket has taken its chunk.
                 await self._turns.acquire()
