@@ -530,6 +530,8 @@ class WsConnection:
             self._nursery.start_soon(self._become_ready)
             return "session"
         if command.kind == "echo":
+            if not sim.answer_echo:
+                return "ignored_no_echo"
             # The echo is the raw text "ech+hb", whatever the frame mode
             # (corpus: ws_system.jsonl echo-raw-text).
             await self.enqueue(Outgoing("text", frames.ECHO_TEXT))

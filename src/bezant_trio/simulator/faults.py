@@ -61,6 +61,9 @@ class FaultsMixin(SimulatorCore):
         #: True: new WebSockets are accepted and never spoken to (corpus:
         #: behaviour.jsonl offline-websocket-silent).
         self.ws_silent = False
+        #: False: ``ech+hb`` is never answered, as the real gateway offline does
+        #: (corpus: behaviour.jsonl offline-websocket-silent), though frames flow.
+        self.answer_echo = True
         #: How many times the gateway answers one ``tic`` (corpus: tic-answered-four-times).
         self.tic_answers = 4
         self.ssodh_inits = 0
@@ -191,6 +194,15 @@ class FaultsMixin(SimulatorCore):
         answered by dropping TCP without a close frame, as the real one does.
         """
         self.ws_silent = silent
+        self._notify()
+
+    def set_echo(self, answer: bool = True) -> None:
+        """Answer ``ech+hb`` (the default) or leave it unanswered while frames still flow.
+
+        A client that waits for the echo as a drain barrier must then give up
+        on its own (its drain timeout).
+        """
+        self.answer_echo = answer
         self._notify()
 
     async def set_session_down(self, down: bool = True) -> int:

@@ -292,6 +292,7 @@ class GatewaySimulator(StreamsMixin, FaultsMixin):
             "brokerage_up": self.brokerage_up,
             "competing": self.competing,
             "rest_hang": self.rest_hang,
+            "answer_echo": self.answer_echo,
             "ws_silent": self.ws_silent,
             "ssodh_inits": self.ssodh_inits,
             "marketdata_expiry": self.marketdata_expiry,
