@@ -24,7 +24,8 @@ import trio
 
 from bezant_trio import fds, logs
 from bezant_trio.config import Config, ConfigError, config_secrets, load_config
-from bezant_trio.cpapi.connector import BARS_LIMIT, BOOK_LIMIT, Connector
+from bezant_trio.cpapi.connector import Connector
+from bezant_trio.cpapi.subscriptions import BARS_LIMIT, BOOK_LIMIT
 from bezant_trio.errors import StartupError
 from bezant_trio.http import HttpLimits, HttpService
 from bezant_trio.sinks.manager import SinkConfigError, SinkManager

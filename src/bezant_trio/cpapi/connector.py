@@ -18,28 +18,16 @@ import random
 import ssl
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
 
 from bezant_trio.cpapi.frames import (
-    CHANNEL_COMMANDS,
     Frame,
     FrameKind,
-    account_summary_subscribe,
-    account_summary_unsubscribe,
-    bars_subscribe,
-    bars_unsubscribe,
-    book_subscribe,
-    book_unsubscribe,
     classify,
-    ledger_subscribe,
-    ledger_unsubscribe,
-    md_subscribe,
-    md_unsubscribe,
 )
 from bezant_trio.cpapi.resync import Resyncer
 from bezant_trio.cpapi.session import (
@@ -50,13 +38,14 @@ from bezant_trio.cpapi.session import (
     GatewaySessionDown,
     SessionStatus,
 )
+from bezant_trio.cpapi.subscriptions import BARS_LIMIT, BOOK_LIMIT, Subscriptions
 from bezant_trio.cpapi.transport import (
     HandshakeFailed,
     Transport,
     TransportClosed,
     open_transport,
 )
-from bezant_trio.model import BARS, BOOK, MARKETDATA, GapReason, bars_topic, format_ts, keyed_topic
+from bezant_trio.model import GapReason, format_ts
 from bezant_trio.store.hub import Hub
 from bezant_trio.util import backoff_delay, describe, wait_any
 from bezant_trio.wants import Wants
@@ -76,18 +65,6 @@ DRAIN_TIMEOUT = 2.0
 DRAIN_MAX = 10.0
 #: Most seconds for TCP, TLS and the WebSocket upgrade together.
 CONNECT_TIMEOUT = 10.0
-#: Streaming bars (smh) the gateway allows at once (corpus: smh-answers-once).
-BARS_LIMIT = 5
-#: BookTrader price ladders at once: ``ubd+<account>`` ends the account's one ladder
-#: (corpus: cmd-ubd), so one per (first) account.
-BOOK_LIMIT = 1
-#: Account-wide channels subscribed once per account: name -> (subscribe, unsubscribe).
-_ACCOUNT_CHANNELS: dict[str, tuple[Callable[[str], str], Callable[[str], str]]] = {
-    "account_summary": (account_summary_subscribe, account_summary_unsubscribe),
-    "ledger": (ledger_subscribe, ledger_unsubscribe),
-}
-
-
 #: States that say why the last attempt failed; kept (not "connecting") while retrying.
 _FAILED_STATES = frozenset(
     {"needs_login", "session_down", "competing", "gateway_unreachable", "gateway_silent"}
@@ -96,22 +73,6 @@ _FAILED_STATES = frozenset(
 
 class _ConnectionEnded(Exception):
     pass
-
-
-@dataclass(eq=False)
-class _LazyStream:
-    """A per-instrument stream subscribed while some reader wants its conid."""
-
-    family: str
-    wants: Wants
-    #: The subscribe command for a conid (None: cannot be asked for now).
-    subscribe: Callable[[int], str | None]
-    #: The unsubscribe command for a conid (None: nothing to send).
-    unsubscribe: Callable[[int], Awaitable[str | None]]
-    #: Whether subscriptions are re-sent every ``resubscribe_interval`` (the
-    #: gateway ends market-data streams after about 10 minutes).
-    resubscribe: bool = False
-    subscribed: set[int] = field(default_factory=set)
 
 
 class Connector:
@@ -144,37 +105,17 @@ class Connector:
         self.state = "starting"
         self.next_retry_in: float | None = None
         self.frames: Counter[str] = Counter()
-        fields = events.marketdata.fields
-        bars_config = events.bars
-        self._lazy = [
-            _LazyStream(
-                MARKETDATA,
-                self.wants,
-                lambda conid: md_subscribe(conid, fields),
-                _constant(md_unsubscribe),
-                resubscribe=True,
-            ),
-            _LazyStream(
-                BARS,
-                self.bars,
-                lambda conid: bars_subscribe(
-                    conid,
-                    period=bars_config.period,
-                    bar=bars_config.bar,
-                    source=bars_config.source,
-                    outside_rth=bars_config.outside_rth,
-                ),
-                self._bars_unsubscribe,
-            ),
-            _LazyStream(
-                BOOK,
-                self.book,
-                lambda conid: book_subscribe(self.accounts[0], conid) if self.accounts else None,
-                self._book_unsubscribe,
-            ),
-        ]
+        #: The channels and per-instrument streams asked of the gateway.
+        self.subscriptions = Subscriptions(
+            hub,
+            events,
+            marketdata=self.wants,
+            bars=self.bars,
+            book=self.book,
+            accounts=lambda: self.accounts,
+        )
         #: Market-data conids subscribed on the current socket.
-        self.subscribed_conids = self._lazy[0].subscribed
+        self.subscribed_conids = self.subscriptions.marketdata
         self._last_frame = 0.0  # trio clock
         #: time.time() minus trio.current_time(), to report the last frame's wall time.
         self._wall_offset = 0.0
@@ -218,9 +159,7 @@ class Connector:
         """The connector's part of ``/events/_status`` (docs/api.md, "Gateway states")."""
         subscribed: list[str] = []
         if self.connected:  # only what the gateway can have taken: sent after its ready frame
-            subscribed = list(self.events.channels)
-            for stream in self._lazy:
-                subscribed += [keyed_topic(stream.family, c) for c in sorted(stream.subscribed)]
+            subscribed = [*self.events.channels, *self.subscriptions.topics()]
         return {
             "connected": self.connected,
             "state": self.state,
@@ -360,13 +299,7 @@ class Connector:
     async def _drain(self, ws: Transport, reason: str) -> None:
         assert self._barrier is not None
         with trio.move_on_after(DRAIN_MAX):
-            for command in self._channel_commands(subscribe=False):
-                await self._send(ws, command)
-            for stream in self._lazy:
-                for conid in sorted(stream.subscribed):
-                    command = await stream.unsubscribe(conid)
-                    if command is not None:
-                        await self._send(ws, command)
+            await self.subscriptions.unsubscribe_all(partial(self._send, ws))
             await self._send(ws, "ech+hb")
             # A burst already on its way may take longer than DRAIN_TIMEOUT to
             # read: wait while it still makes progress.
@@ -427,8 +360,7 @@ class Connector:
             self._conn_scope = None
             self._conn_nursery = None
             self._ws = None
-            for stream in self._lazy:
-                stream.subscribed.clear()
+            self.subscriptions.forget()
             self._conn_ended.set()
         return self._ready
 
@@ -599,61 +531,26 @@ class Connector:
         )
         log.warning("%s; subscribing anyway (and again when it arrives)", self.last_error)
 
-    def _channel_commands(self, *, subscribe: bool) -> list[str]:
-        """The (un)subscribe commands of ``events.channels``; per account for ssd/sld."""
-        commands = []
-        for channel in self.events.channels:
-            pair = CHANNEL_COMMANDS.get(channel)
-            if pair is not None:
-                commands.append(pair[0] if subscribe else pair[1])
-            elif channel in _ACCOUNT_CHANNELS:
-                on, off = _ACCOUNT_CHANNELS[channel]
-                commands += [on(acct) if subscribe else off(acct) for acct in self.accounts]
-        return commands
-
     async def _subscribe_all(self, ws: Transport) -> None:
-        for command in self._channel_commands(subscribe=True):
-            await self._send(ws, command)
-        for stream in self._lazy:
-            stream.subscribed.clear()
-        await self._sync_lazy(ws)
+        await self.subscriptions.subscribe_all(partial(self._send, ws))
         if self._ready:
             self._subscribed_early = False
 
-    async def _sync_lazy(self, ws: Transport) -> None:
-        """Subscribe what readers want now, unsubscribe what nobody wants any more."""
-        for stream in self._lazy:
-            wanted = set(stream.wants.wanted())
-            for conid in sorted(stream.subscribed - wanted):
-                command = await stream.unsubscribe(conid)
-                if command is not None:
-                    await self._send(ws, command)
-                stream.subscribed.discard(conid)
-            for conid in sorted(wanted - stream.subscribed):
-                command = stream.subscribe(conid)
-                if command is not None:
-                    await self._send(ws, command)
-                    stream.subscribed.add(conid)
-
     async def _wants_loop(self, ws: Transport) -> None:
+        send = partial(self._send, ws)
         interval = self.events.marketdata.resubscribe_interval
         deadline = trio.current_time() + interval
         while True:
             # Take the events before syncing, so a want recorded while we send
             # is never missed.
-            changed = [stream.wants.changed for stream in self._lazy]
-            await self._sync_lazy(ws)
+            changed = self.subscriptions.changed()
+            await self.subscriptions.sync(send)
             with trio.move_on_at(deadline):
                 await wait_any(changed)
             if trio.current_time() >= deadline:
                 # The gateway ends market-data streams after about 10 minutes
                 # without a re-subscribe (corpus: smd-expires-after-10-minutes).
-                for stream in self._lazy:
-                    if stream.resubscribe:
-                        for conid in sorted(stream.subscribed):
-                            command = stream.subscribe(conid)
-                            if command is not None:
-                                await self._send(ws, command)
+                await self.subscriptions.resubscribe(send)
                 deadline = trio.current_time() + interval
 
     async def _idle_reaper(self) -> None:
@@ -662,28 +559,7 @@ class Connector:
             return
         while True:
             await trio.sleep(max(idle / 4, 0.01))
-            for stream in self._lazy:
-                for conid in stream.wants.expire_idle(idle):
-                    log.info(
-                        "%s for conid %d idle for %.0f s; unsubscribing", stream.family, conid, idle
-                    )
-
-    async def _bars_unsubscribe(self, conid: int) -> str | None:
-        """``umh+<serverId>``: the id is in the gateway's answer to ``smh``, kept in the hub."""
-        topic = bars_topic(conid)
-        head = self.hub.head(topic)
-        if head:
-            answer = await self.hub.read(topic, max(0, head - 5), 5)
-            for event in reversed(answer.events):
-                payload = event.payload
-                server_id = payload.get("serverId") if isinstance(payload, dict) else None
-                if isinstance(server_id, str | int) and str(server_id):
-                    return bars_unsubscribe(str(server_id))
-        log.info("no serverId for the bars of conid %d yet; nothing to unsubscribe", conid)
-        return None
-
-    async def _book_unsubscribe(self, conid: int) -> str | None:
-        return book_unsubscribe(self.accounts[0]) if self.accounts else None
+            self.subscriptions.expire_idle(idle)
 
     async def _keepalive(self, ws: Transport) -> None:
         while True:
@@ -738,12 +614,3 @@ class Connector:
                     return
                 continue
             await trio.sleep(timeout - silent_for)
-
-
-def _constant(build: Callable[[int], str]) -> Callable[[int], Awaitable[str | None]]:
-    """An unsubscribe builder that needs nothing but the conid, as the stream wants it."""
-
-    async def unsubscribe(conid: int) -> str | None:
-        return build(conid)
-
-    return unsubscribe
