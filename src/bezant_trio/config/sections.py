@@ -19,6 +19,7 @@ from bezant_trio.config.errors import ConfigError, join_key
 from bezant_trio.config.render import json_text
 from bezant_trio.config.schema import Section, setting, to_plain, topic_table
 from bezant_trio.config.secrets import mask_secret, mask_sinks, mask_url
+from bezant_trio.model import topic_family
 
 __all__ = [
     "BackoffConfig",
@@ -226,7 +227,7 @@ def _lookup_topic(table: Mapping[str, _T], topic: str, fallback: _T) -> _T:
     # loaded configs always carry it.
     if topic in table:
         return table[topic]
-    family, sep, _ = topic.partition(":")
-    if sep and family in table:
+    family = topic_family(topic)
+    if family != topic and family in table:
         return table[family]
     return table.get("default", fallback)
