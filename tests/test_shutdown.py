@@ -18,6 +18,9 @@ import httpx
 import orjson
 import trio
 
+from bezant_trio.config import config_from_mapping
+from bezant_trio.cpapi.connector import DRAIN_TIMEOUT
+from bezant_trio.daemon import open_daemon
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.testing import DaemonProcess, WebhookReceiver
 from helpers import wait_until
@@ -110,3 +113,24 @@ async def _wait_in_flight(url: str, count: int) -> None:
             if float(line.split()[1]) >= count:
                 return
             await trio.sleep(0.02)
+
+
+async def test_a_stop_against_a_quiet_gateway_ends_at_its_echo(nursery: trio.Nursery) -> None:
+    """The drain waits for the raw ``ech+hb`` echo, not for its silence timeout."""
+    sim = await nursery.start(GatewaySimulator().run)  # heartbeats every 10 s: quiet
+    config = config_from_mapping(
+        {"gateway": {"url": sim.base_url}, "http": {"bind": "127.0.0.1:0"}, "shutdown_grace": 10}
+    )
+    with trio.fail_after(30):
+        async with open_daemon(config) as daemon:
+            connector = daemon.connector
+            assert connector is not None
+            await wait_until(lambda: connector.connected)
+            await sim.wait_subscribed("orders", timeout=10)
+            echoes = connector.frames["echo"]
+            daemon.request_stop()
+            # A bound on the drain, below its DRAIN_TIMEOUT of silence: only the
+            # echo coming back can have ended it so soon.
+            with trio.fail_after(DRAIN_TIMEOUT * 0.75):
+                await wait_until(lambda: connector.state == "stopped")
+    assert connector.frames["echo"] == echoes + 1

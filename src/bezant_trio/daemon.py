@@ -149,7 +149,9 @@ class Daemon:
     async def _run(self, event_log: EventLog | None, task_status: trio.TaskStatus[Daemon]) -> None:
         config = self.config
         state = StateViews(
-            finished_ttl=config.events.finished_orders_ttl, keep_conid=self.wants.__contains__
+            finished_ttl=config.events.finished_orders_ttl,
+            keep_conid=self.wants.__contains__,
+            quote_ttl=max(config.events.marketdata.idle_unsubscribe, 60.0),
         )
         hub = self.hub = Hub(config.events.capacity_for, event_log=event_log, state=state)
         await hub.open()

@@ -140,11 +140,16 @@ async def test_quotes_merge_deltas_per_conid_and_pnl_rows_per_key() -> None:
     assert pnl["items"] == {"DU1234.Core": {"rowType": 1, "dpl": -5.0, "upl": 12.5}}
 
 
-async def test_quotes_of_conids_nobody_wants_are_dropped() -> None:
+async def test_quotes_of_conids_nobody_wants_are_dropped_once_stale(
+    autojump_clock: object,
+) -> None:
     wanted = {1}
-    hub = await _hub(keep_conid=wanted.__contains__)
+    hub = await _hub(keep_conid=wanted.__contains__, quote_ttl=60.0, clock=trio.current_time)
     hub.publish("marketdata:1", {"31": "1"})
     hub.publish("marketdata:2", {"31": "2"})
+    hub.state.prune()
+    assert sorted(hub.state.quotes) == [1, 2]  # 2 changed just now: its readers may come back
+    await trio.sleep(61)
     hub.state.prune()
     assert sorted(hub.state.quotes) == [1]
 

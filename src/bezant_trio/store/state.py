@@ -49,7 +49,7 @@ SNAPSHOT_KEY = "state:{}"
 class StateView:
     """One topic's merged records, by key, and the cursor of the last event applied."""
 
-    __slots__ = ("cursor", "finished_at", "items", "topic")
+    __slots__ = ("cursor", "finished_at", "items", "topic", "updated_at")
 
     def __init__(self, topic: str) -> None:
         self.topic = topic
@@ -59,6 +59,8 @@ class StateView:
         self.items: dict[str, dict[str, Any]] = {}
         #: key -> when (epoch seconds) the record reached a finished status.
         self.finished_at: dict[str, float] = {}
+        #: When (epoch seconds) an event was last applied.
+        self.updated_at = 0.0
 
     def reset(self) -> None:
         """Forget everything (a snapshot that cannot be read is rebuilt from the events)."""
@@ -88,8 +90,10 @@ class StateView:
 class StateViews:
     """The latest state per key for ``orders``, ``pnl`` and every ``marketdata:<conid>``.
 
-    ``keep_conid`` says whether a conid is still wanted (its quote is dropped
-    when not, at the next prune); ``clock`` gives epoch seconds.
+    ``keep_conid`` says whether a conid is still wanted; a quote nobody wants
+    is dropped once it has not changed for ``quote_ttl`` seconds (so after a
+    restart, quotes rebuilt from the log wait for their readers to ask again);
+    ``clock`` gives epoch seconds.
     """
 
     def __init__(
@@ -97,9 +101,11 @@ class StateViews:
         *,
         finished_ttl: float = 86400.0,
         keep_conid: Callable[[int], bool] = lambda conid: True,
+        quote_ttl: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.finished_ttl = finished_ttl
+        self.quote_ttl = quote_ttl
         self._keep_conid = keep_conid
         self._clock = clock
         self.orders = StateView(ORDERS)
@@ -133,6 +139,7 @@ class StateViews:
         else:
             return
         view.cursor = event.cursor
+        view.updated_at = self._clock()
         self._applied += 1
         if self._applied % 1024 == 0:
             self.prune()
@@ -188,7 +195,12 @@ class StateViews:
         for key in expired:
             view.items.pop(key, None)
             del view.finished_at[key]
-        for conid in [c for c in self.quotes if not self._keep_conid(c)]:
+        stale = [
+            conid
+            for conid, quote in self.quotes.items()
+            if not self._keep_conid(conid) and now - quote.updated_at >= self.quote_ttl
+        ]
+        for conid in stale:
             del self.quotes[conid]
 
     # -------------------------------------------------------------- answers
