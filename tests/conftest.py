@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +17,15 @@ from bezant_trio.http.context import HttpContext
 from bezant_trio.http.server import serve_http
 from bezant_trio.store.hub import Hub
 from helpers import capacity_of
+
+# The mutation check (tests/test_mutations.py) runs tests against a mutated
+# copy of src/: make sure that copy, not the installed package, is what runs.
+if os.environ.get("BEZANT_MUTANT_SRC"):
+    import bezant_trio
+
+    _mutant = Path(os.environ["BEZANT_MUTANT_SRC"]).resolve()
+    if _mutant not in Path(bezant_trio.__file__).resolve().parents:
+        raise RuntimeError(f"bezant_trio comes from {bezant_trio.__file__}, not {_mutant}")
 
 
 @pytest.fixture

@@ -21,8 +21,10 @@ connection subscribed to it alone, and the single ledger counted them as lost
 
 from __future__ import annotations
 
+import os
 import random
 import signal
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,17 +36,10 @@ import yaml
 
 from bezant_trio.model import format_ts
 from bezant_trio.testing import DaemonProcess
+from helpers import fill_disk, mount_tmpfs, umount
 
 from .conftest import scaled
-from .rig import (
-    CHANNELS,
-    DEFAULT_RATES,
-    Expect,
-    Rig,
-    fill_disk,
-    mount_tmpfs,
-    umount,
-)
+from .rig import CHANNELS, DEFAULT_RATES, Expect, Rig
 
 DURATION = scaled(60.0, 600.0)
 
@@ -245,7 +240,13 @@ class Chaos:
 async def _chaos_run(rig: Rig, seed: int, tmp_path: Path, duration: float) -> None:
     rng = random.Random(seed)
     disk = tmp_path / "small-disk"
-    mounted = mount_tmpfs(disk, "32m")
+    why_not = mount_tmpfs(disk, "32m")
+    mounted = why_not is None
+    if not mounted:
+        # CI runs as root: there a disk that cannot be staged is a broken test.
+        if os.geteuid() == 0:
+            pytest.fail(f"the disk_full fault cannot be staged: {why_not}")
+        warnings.warn(f"chaos runs without its disk_full fault: {why_not}", stacklevel=1)
     config = rig.config(
         test_sink=False,
         # Short enough for stalls to be noticed fast, long enough that a loaded

@@ -22,7 +22,7 @@ import trio
 from bezant_trio import hookimpl
 from bezant_trio.model import Event
 from bezant_trio.sinks.manager import plugin_manager
-from helpers import wait_until
+from helpers import fill_disk, small_disk, wait_until
 
 from .conftest import scaled
 from .rig import (
@@ -33,9 +33,6 @@ from .rig import (
     Expect,
     InProcessDaemon,
     Rig,
-    fill_disk,
-    mount_tmpfs,
-    umount,
 )
 
 #: "gateway down for 30 s then back" (3 s in CI).
@@ -302,41 +299,39 @@ async def test_disk_full_for_the_log_degrades_serves_from_memory_and_recovers(
 ) -> None:
     """A real ENOSPC: the log lives on a small tmpfs that a filler file fills up."""
     mount = tmp_path / "small-disk"
-    if not mount_tmpfs(mount, "24m"):
-        pytest.skip("needs root to mount a small tmpfs (a real full disk)")
-    try:
-        with trio.fail_after(120):
-            await rig.start_in_process(rig.config(store_path=mount / "events.db"))
-            await rig.warm_up()
-            await trio.to_thread.run_sync(fill_disk, mount / "filler")
-            # Capture goes on from memory; /health and _status say degraded.
-            await rig.wait_events(50)
-            status = await rig.status()
-            assert status["log"]["state"] == "degraded", status["log"]
-            assert rig.client is not None and rig.daemon is not None
-            health = (await rig.client.get(f"{rig.daemon.url}/health")).json()
-            assert health["status"] == "degraded" and health["log"] == "degraded"
-            await rig.wait_events(50)
-            (mount / "filler").unlink()
-            await rig.wait_status(lambda s: s["log"]["state"] == "ok")
-            await rig.wait_events(15)
-            await rig.drain()
-            await rig.verify(Expect(reconnects=0))
-            # Everything is in the log file too, not only in memory.
-            daemon = rig.daemon
-            assert isinstance(daemon, InProcessDaemon) and daemon.daemon is not None
-            hub = daemon.daemon.hub
-            assert hub is not None and hub.event_log is not None
-            for channel in CHANNELS:
-                logged = await trio.to_thread.run_sync(
-                    lambda ch=channel: hub.event_log.read_since(ch, 0, 1_000_000)
-                )
-                assert [e.cursor for e in logged] == [
-                    e["cursor"] for e in await rig.read_all(channel)
-                ]
-    finally:
-        await rig.stop()
-        umount(mount)
+    with small_disk(mount, "24m"):
+        try:
+            with trio.fail_after(120):
+                await rig.start_in_process(rig.config(store_path=mount / "events.db"))
+                await rig.warm_up()
+                await trio.to_thread.run_sync(fill_disk, mount / "filler")
+                # Capture goes on from memory; /health and _status say degraded.
+                await rig.wait_events(50)
+                status = await rig.status()
+                assert status["log"]["state"] == "degraded", status["log"]
+                assert rig.client is not None and rig.daemon is not None
+                health = (await rig.client.get(f"{rig.daemon.url}/health")).json()
+                assert health["status"] == "degraded" and health["log"] == "degraded"
+                await rig.wait_events(50)
+                (mount / "filler").unlink()
+                await rig.wait_status(lambda s: s["log"]["state"] == "ok")
+                await rig.wait_events(15)
+                await rig.drain()
+                await rig.verify(Expect(reconnects=0))
+                # Everything is in the log file too, not only in memory.
+                daemon = rig.daemon
+                assert isinstance(daemon, InProcessDaemon) and daemon.daemon is not None
+                hub = daemon.daemon.hub
+                assert hub is not None and hub.event_log is not None
+                for channel in CHANNELS:
+                    logged = await trio.to_thread.run_sync(
+                        lambda ch=channel: hub.event_log.read_since(ch, 0, 1_000_000)
+                    )
+                    assert [e.cursor for e in logged] == [
+                        e["cursor"] for e in await rig.read_all(channel)
+                    ]
+        finally:
+            await rig.stop()
 
 
 # ------------------------------------------------------------------ connection teardown

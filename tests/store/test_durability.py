@@ -86,14 +86,18 @@ async def test_restart_continues_cursors_bumps_epoch_and_injects_restart_gaps(st
     with trio.fail_after(20):
         hub = await store.start()
         for i in range(300):
-            hub.publish("orders", {"i": i})
-            hub.publish("pnl", {"i": i})
-        await wait_until(lambda: hub.head("orders") == 300 and hub.head("pnl") == 300)
+            last_order = hub.publish("orders", {"i": i})
+            last_pnl = hub.publish("pnl", {"i": i})
+        # Wait for what was published (not for a count): a wrong cursor fails
+        # the assertions below at once instead of a wait at its bound.
+        await wait_until(
+            lambda: hub.head("orders") >= last_order.cursor and hub.head("pnl") >= last_pnl.cursor
+        )
         epoch = hub.reset_epoch
         await store.stop()
         hub = await store.start()
-        hub.publish("orders", {"i": "after"})
-        await wait_until(lambda: hub.head("orders") == 302)
+        after = hub.publish("orders", {"i": "after"})
+        await wait_until(lambda: hub.head("orders") >= after.cursor)
         orders = await _read_all(hub, "orders")
         pnl = await _read_all(hub, "pnl")
         gaps = await _read_all(hub, "gap")
