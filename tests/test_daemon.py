@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +73,19 @@ async def test_unwritable_store_path_is_a_startup_error(tmp_path: Path) -> None:
         await Daemon(config, connect=False).run()
 
 
-async def test_sigterm_exits_zero_quickly_and_answers_long_polls(tmp_path: Path) -> None:
+async def test_sigterm_answers_long_polls_and_exits_zero_before_its_deadline(
+    tmp_path: Path,
+) -> None:
+    # A grace far above the bound on the stop: a daemon that waited for its
+    # deadline (a long-poll nobody woke, a phase that hangs) fails the bound.
+    grace = 60
     daemon = DaemonProcess(
         tmp_path,
-        {"gateway": {"url": "http://127.0.0.1:9/v1/api"}, "http": {"bind": "127.0.0.1:0"}},
+        {
+            "gateway": {"url": "http://127.0.0.1:9/v1/api"},
+            "http": {"bind": "127.0.0.1:0"},
+            "shutdown_grace": grace,
+        },
     )
     try:
         url = await daemon.start()
@@ -95,11 +103,9 @@ async def test_sigterm_exits_zero_quickly_and_answers_long_polls(tmp_path: Path)
                     # bounded by fail_after; no event crosses the process boundary
                     while (await client.get(f"{url}/events/_status")).json()["waiting"] < 1:  # noqa: ASYNC110
                         await trio.sleep(0.01)
-                    start = time.monotonic()
-                    code = await daemon.stop(signal.SIGTERM)
-                    elapsed = time.monotonic() - start
+                    code = await daemon.stop(signal.SIGTERM, timeout=grace / 4)
         assert code == 0
-        assert elapsed < 2.0
+        # Answered by the stop (the wait was 30 s), not cut when the process went.
         assert answers in ([200], [204])
         assert "Traceback" not in daemon.log_text()
     finally:

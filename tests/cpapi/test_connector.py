@@ -154,6 +154,7 @@ async def test_no_loss_with_a_poller_reading_random_pages(nursery, sim, serve, c
         assert seen[topic] == list(range(1, total + 1)), topic
 
 
+@pytest.mark.timeout(150)  # 60 outages, each round bounded (its own bound: 120 s)
 async def test_drops_and_stalls_bump_epoch_inject_gaps_and_restore_subscriptions(
     nursery, sim
 ) -> None:

@@ -154,12 +154,12 @@ async def test_long_poll_returns_an_event_published_later(serve, client, hub: Hu
     result: dict[str, object] = {}
 
     async def poll() -> None:
-        start = trio.current_time()
-        r = await client.get(f"{base}/events/orders?since=0&wait=5")
+        r = await client.get(f"{base}/events/orders?since=0&wait=30")
         result["status"] = r.status_code
-        result["elapsed"] = trio.current_time() - start
         result["body"] = r.json()
 
+    # Bounded far below the poll's 30 s wait (the most allowed): only the publish
+    # can answer it in time.
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(poll)
@@ -167,7 +167,6 @@ async def test_long_poll_returns_an_event_published_later(serve, client, hub: Hu
             await wait_until(lambda: hub.waiting == 1)
             hub.publish("orders", {"id": 1})
     assert result["status"] == 200
-    assert result["elapsed"] < 4  # well before the 5 s wait ends
     assert result["body"]["events"][0]["payload"] == {"id": 1}  # type: ignore[index]
 
 

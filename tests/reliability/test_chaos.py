@@ -315,10 +315,14 @@ async def _chaos_run(rig: Rig, seed: int, tmp_path: Path, duration: float) -> No
             umount(disk)
 
 
+@pytest.mark.timeout(
+    360
+)  # 60 s of faults, then the drain and the checks (its own bound: duration + 240 s)
 async def test_chaos_60s(rig: Rig, seed: int, tmp_path: Path) -> None:
     await _chaos_run(rig, seed, tmp_path, 60.0)
 
 
+@pytest.mark.timeout(900)  # 10 minutes of faults (opt-in)
 @pytest.mark.soak
 async def test_chaos_10_minutes(rig: Rig, seed: int, tmp_path: Path) -> None:
     await _chaos_run(rig, seed, tmp_path, DURATION)

@@ -30,6 +30,7 @@ from .rig import (
     CONIDS,
     DAEMON_CLOSE_DROPS_IN_FLIGHT,
     DEFAULT_RATES,
+    STEP,
     Expect,
     InProcessDaemon,
     Rig,
@@ -50,9 +51,10 @@ def _connector(rig: Rig) -> Any:
     return rig.daemon.daemon.connector
 
 
-async def _reconnected(rig: Rig, count: int = 1) -> None:
+async def _reconnected(rig: Rig, count: int = 1, *, timeout: float = STEP) -> None:
     connector = _connector(rig)
-    await wait_until(lambda: connector.reconnect_count >= count and connector.connected)
+    with trio.fail_after(timeout):
+        await wait_until(lambda: connector.reconnect_count >= count and connector.connected)
 
 
 # ------------------------------------------------------------------ gateway faults
@@ -73,7 +75,8 @@ async def socket_close_handshake(rig: Rig) -> Expect:
 async def stall(rig: Rig) -> Expect:
     rig.sim.stall()
     # Open but silent: only the heartbeat watchdog can notice.
-    await wait_until(lambda: _connector(rig).reconnect_count >= 1)
+    with trio.fail_after(STEP):
+        await wait_until(lambda: _connector(rig).reconnect_count >= 1)
     rig.sim.unstall()
     await _reconnected(rig)
     return Expect(reconnects=1)
@@ -81,8 +84,7 @@ async def stall(rig: Rig) -> Expect:
 
 async def gateway_down_then_back(rig: Rig) -> Expect:
     await rig.sim.restart(down_for=GATEWAY_DOWN)
-    with trio.fail_after(GATEWAY_DOWN + 30):
-        await _reconnected(rig)
+    await _reconnected(rig, timeout=GATEWAY_DOWN + STEP)
     return Expect(reconnects=1)
 
 
@@ -91,7 +93,8 @@ async def tickle_401_for_a_while(rig: Rig) -> Expect:
     rig.sim.set_authenticated(False)
     # The keepalive tickle answers 401: the daemon ends the connection, then
     # keeps failing (401) until the session is back.
-    await wait_until(lambda: not _connector(rig).connected)
+    with trio.fail_after(STEP):
+        await wait_until(lambda: not _connector(rig).connected)
     tickles = rig.sim.tickle_count
     await trio.sleep(UNAUTHENTICATED_FOR)  # the fault lasts this long
     assert rig.sim.tickle_count > tickles, "the daemon stopped retrying"
@@ -277,6 +280,7 @@ async def _run(rig: Rig, fault: Fault, config: dict[str, Any]) -> None:
     print(f"{fault.__name__}: captured {report.captured}, holes {report.holes}")
 
 
+@pytest.mark.timeout(150)  # a live stream, the fault, the drain (its own bound: about 70 s)
 @pytest.mark.parametrize(("fault", "config"), MATRIX, ids=[fault.__name__ for fault, _ in MATRIX])
 async def test_fault_during_a_live_stream_loses_nothing(
     rig: Rig, fault: Fault, config: dict[str, Any]
@@ -284,6 +288,7 @@ async def test_fault_during_a_live_stream_loses_nothing(
     await _run(rig, fault, config)
 
 
+@pytest.mark.timeout(150)  # as the matrix
 async def test_sink_raising_on_every_call_isolated_and_catches_up(
     rig: Rig, raising_plugin: None
 ) -> None:
@@ -294,6 +299,7 @@ async def test_sink_raising_on_every_call_isolated_and_catches_up(
 # ------------------------------------------------------------------ disk full
 
 
+@pytest.mark.timeout(150)  # a stream into a full disk and out (its own bound: 120 s)
 async def test_disk_full_for_the_log_degrades_serves_from_memory_and_recovers(
     rig: Rig, tmp_path: Path
 ) -> None:
@@ -360,6 +366,7 @@ async def test_a_connection_failed_for_a_protocol_violation_is_closed(rig: Rig) 
         gc.enable()
 
 
+@pytest.mark.timeout(120)  # a 50,000-frame burst (its own bound: 60 s)
 async def test_frames_in_flight_when_the_daemon_ends_a_connection_are_captured(
     rig: Rig, nursery: trio.Nursery
 ) -> None:
