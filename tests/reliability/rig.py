@@ -13,14 +13,14 @@ A :class:`Rig` puts together, over real sockets:
 - sinks: the in-memory ``test`` sink (in-process only), a ``file`` sink and a
   ``webhook`` sink posting to a :class:`~bezant_trio.testing.WebhookReceiver`.
 
-:meth:`Rig.verify` checks the promises of DESIGN.md at the end of a scenario:
-every frame the gateway wrote while the daemon was connected is captured
-exactly once and in order (holes are allowed only inside the windows of
-process restarts, where a frame may be in flight while the process dies;
-frames written only to a connection after the daemon had failed it, which
-the gateway kept open and subscribed while bug 1 stood, never reached it);
-each outage yields exactly one epoch bump and one gap per known topic; every
-poller and sink ends with everything.
+:meth:`Rig.verify` checks the promises of docs/architecture.md ("The visibility
+rule", "Cursors, epochs and gaps") at the end of a scenario: every frame the
+gateway wrote while the daemon was connected is captured exactly once and in
+order (holes are allowed only inside the windows of process restarts, where a
+frame may be in flight while the process dies; frames written only to a
+connection after the daemon had failed it never reached it, and do not
+count); each outage yields exactly one epoch bump and one gap per known
+topic; every poller and sink ends with everything.
 """
 
 from __future__ import annotations
@@ -50,11 +50,12 @@ CHANNELS = ("orders", "pnl", "trades", *(f"marketdata:{c}" for c in CONIDS))
 DEFAULT_RATES = {"orders": 40.0, "pnl": 40.0, "trades": 40.0, "marketdata": 40.0}
 SINK_TOPICS = ["orders", "pnl", "trades", "marketdata:*", "gap"]
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-#: Bug (README, "frames in flight"): when the daemon ends a connection itself
-#: (keepalive tickle 401, ``sts authenticated=false``) the frames it had
-#: received but not read yet are dropped. While the bug stands, scenarios give
-#: those outages a loss window starting at the newest frame a poller had seen;
-#: the strict xfail tests prove the bug. Set False once it is fixed.
+#: Whether frames the daemon had received but not read yet may be lost when it
+#: ends a connection itself (keepalive tickle 401, ``sts authenticated=false``).
+#: They were, until the connector learnt to drain such a connection
+#: (tests/reliability/README.md, "Bugs found"); True would give those outages a
+#: loss window from the newest frame a poller had seen. Kept as a switch to
+#: tell a drain problem from others.
 DAEMON_CLOSE_DROPS_IN_FLIGHT = False
 #: The bound of one step of a scenario: a reconnect, a few events per channel,
 #: a sink catching up. Each takes a second or two when it works (the fault
@@ -251,7 +252,7 @@ class Rig:
         #: Connections the daemon failed for a protocol violation: id -> per
         #: channel, the newest seq queued ahead of the violating frame. What the
         #: gateway writes to them after it never reaches the daemon's reader
-        #: (while bug 1 stood, such a socket stayed open and subscribed).
+        #: (while a failed connection's socket was left open, it stayed subscribed).
         self.abandoned: dict[int, dict[str, int]] = {}
         opened = self.sim._connection_opened
 

@@ -8,15 +8,16 @@ minutes (``BEZANT_SOAK=1``). The seed is printed, and repeated with the
 failure; ``BEZANT_SEED=N`` replays a run.
 
 What a fault may cost is spelled out: a frame may only be lost inside the
-window of a process restart, of a protocol violation (the failed connection
-is abandoned until the new one subscribes), or, while the bug listed in the
-README stands, of a connection the daemon ends itself (tickle 401,
-``sts authenticated=false``). What the gateway writes to a connection after
+window of a process restart or of a protocol violation (the failed connection
+is abandoned until the new one subscribes); with ``CHAOS_TOLERATES_DRAIN_LOSS``
+(off: the connector drains a connection it ends itself) also of a tickle 401
+or ``sts authenticated=false``. What the gateway writes to a connection after
 the daemon failed it for a protocol violation is not counted as written to the
-daemon (``Rig.abandoned``): while bug 1 stood, that socket stayed open and
-subscribed, a later outage (a stall, say) handed the frames sent before the new
-connection subscribed to it alone, and the single ledger counted them as lost
-(seed 4257498412, README).
+daemon (``Rig.abandoned``): when such a connection's socket was left open (the
+WebSocket failed, its TCP stream not closed), the gateway kept it subscribed,
+a later outage (a stall, say) handed the frames sent before the new connection
+subscribed to it alone, and a single ledger counted them as lost (seed
+4257498412, tests/reliability/README.md).
 """
 
 from __future__ import annotations
@@ -250,7 +251,7 @@ async def _chaos_run(rig: Rig, seed: int, tmp_path: Path, duration: float) -> No
     config = rig.config(
         test_sink=False,
         # Short enough for stalls to be noticed fast, long enough that a loaded
-        # machine does not fake one (a false alarm would hit bug 2).
+        # machine does not fake one (a false alarm is one more outage to drain).
         heartbeat_timeout=2.0,
         store_path=(disk if mounted else tmp_path / "state") / "events.db",
         extra_sinks=[
