@@ -1,20 +1,153 @@
-"""Shared fixtures: a hub, and the HTTP app served on a real Hypercorn socket."""
+"""Shared fixtures (a hub, the HTTP app on a real Hypercorn socket, seeds) and the
+suite's determinism and lanes.
+
+- Seeds: a seeded test takes the ``seed`` fixture. CI runs the seed listed in
+  :data:`SEEDS` (else one derived from the test's name), so a red run is a
+  change's doing, never the draw's; ``BEZANT_SEED=N`` replays a run,
+  ``BEZANT_SEED=random`` draws a fresh one. A failure prints the one command
+  that replays it.
+- Hypothesis: the ``ci`` profile (the default) is derandomized, without a
+  deadline or an example database; ``--hypothesis-profile=dev`` (or
+  ``BEZANT_HYPOTHESIS=dev``) draws at random, keeps failing examples and runs
+  ten times the examples (``helpers.examples``).
+- Lanes: with ``pytest -n N --dist loadgroup`` (``bash .ci/run``), each group
+  of :data:`LANES` runs on one worker, the longest first, beside the rest
+  (tests/README.md, "Lanes").
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import random
+import shlex
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
+from hypothesis import settings
 
 from bezant_trio.http.app import create_app
 from bezant_trio.http.context import HttpContext
 from bezant_trio.http.server import serve_http
 from bezant_trio.store.hub import Hub
 from helpers import capacity_of
+
+# ------------------------------------------------------------------ determinism
+
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("dev", max_examples=1000, deadline=None, print_blob=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # After Hypothesis's own plugin: its --hypothesis-profile wins, then the
+    # environment, then "ci". Test modules, which size their examples by the
+    # profile (helpers.examples), are imported after this.
+    chosen = config.getoption("hypothesis_profile", None)
+    settings.load_profile(chosen or os.environ.get("BEZANT_HYPOTHESIS") or "ci")
+
+
+#: The seed CI runs for each seeded test (by function name; parameters share
+#: it). A seed here is one whose run passed and whose figures are in
+#: tests/reliability/README.md; a test not listed runs a seed derived from its
+#: name. Change a seed on purpose, in its own commit.
+SEEDS: dict[str, int] = {
+    "test_chaos_60s": 1641214162,
+    "test_chaos_10_minutes": 3488543417,
+    "test_soak_ci_one_minute": 942206386,
+    "test_soak_1_hour": 920226023,
+    "test_random_config_files_give_a_config_or_one_line_and_exit_2": 2643791927,
+    "test_atheris_coverage_guided_fuzzing_finds_no_crash": 1,
+}
+
+
+def _replay_command(item: pytest.Item, seed: int) -> str:
+    nodeid = item.nodeid.split("@", 1)[0]  # without xdist's "@group" suffix
+    return (
+        f"BEZANT_SEED={seed} .venv/bin/python -m pytest -p no:cacheprovider {shlex.quote(nodeid)}"
+    )
+
+
+@pytest.fixture
+def seed(request: pytest.FixtureRequest) -> int:
+    """The test's seed (see :data:`SEEDS`); printed, and repeated with a failure."""
+    wanted = os.environ.get("BEZANT_SEED", "")
+    node = request.node
+    if wanted == "random":
+        value = random.SystemRandom().randrange(2**32)
+    elif wanted:
+        value = int(wanted)
+    else:
+        value = SEEDS.get(node.originalname, zlib.crc32(node.name.encode()))
+    node.bezant_seed = value
+    print(f"BEZANT_SEED={value}")
+    return value
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    seed = getattr(item, "bezant_seed", None)
+    if seed is not None and report.failed:
+        report.sections.append(("seed", f"replay: {_replay_command(item, seed)}"))
+
+
+# ------------------------------------------------------------------ lanes
+
+#: xdist groups: each runs on one worker, in this order, beside everything
+#: else (which xdist spreads over the workers). Wall-clock-bound runs (a
+#: stream at a fixed rate, faults that last seconds) get lanes of their own so
+#: they overlap with the CPU-bound rest; the tests whose figures move with the
+#: machine's load (memory and descriptors of a daemon under many connections)
+#: share one lane, so they never run beside each other. Node id prefixes;
+#: tests/README.md lists the lanes and their times.
+LANES: dict[str, tuple[str, ...]] = {
+    "soak": ("tests/reliability/test_soak.py",),
+    "chaos": ("tests/reliability/test_chaos.py",),
+    "mutations": ("tests/test_mutations.py",),
+    "faults": (
+        "tests/reliability/test_faults.py",
+        "tests/reliability/test_process_faults.py",
+    ),
+    "load": (
+        "tests/reliability/test_http_abuse.py",
+        "tests/reliability/test_hostile.py",
+    ),
+    "bench": ("tests/test_bench.py",),
+}
+
+
+def _lane_of(nodeid: str) -> str | None:
+    for lane, prefixes in LANES.items():
+        if nodeid.startswith(prefixes):
+            return lane
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    order = {lane: index for index, lane in enumerate(LANES)}
+    for item in items:
+        lane = _lane_of(item.nodeid)
+        if lane is not None:
+            item.add_marker(pytest.mark.xdist_group(lane))
+    # The lanes first, so each starts at once; the rest keep their order.
+    items.sort(key=lambda item: order.get(_lane_of(item.nodeid) or "", len(order)))
+
+
+# The mutation check (tests/test_mutations.py) runs tests against a mutated
+# copy of src/: make sure that copy, not the installed package, is what runs.
+if os.environ.get("BEZANT_MUTANT_SRC"):
+    import bezant_trio
+
+    _mutant = Path(os.environ["BEZANT_MUTANT_SRC"]).resolve()
+    if _mutant not in Path(bezant_trio.__file__).resolve().parents:
+        raise RuntimeError(f"bezant_trio comes from {bezant_trio.__file__}, not {_mutant}")
 
 
 @pytest.fixture

@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import subprocess
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
+import pytest
 import trio
+
+
+def examples(count: int) -> int:
+    """``count`` Hypothesis examples under the ``ci`` profile, ten times more under ``dev``.
+
+    (Scaled by the profile's ``max_examples``: 100 in ``ci``, 1,000 in ``dev``;
+    tests/conftest.py loads the profile before any test module is imported.)
+    """
+    from hypothesis import settings
+
+    return max(1, count * settings.default.max_examples // 100)
 
 
 def capacity_of(default: int = 1000, **per_topic: int) -> Callable[[str], int]:
@@ -76,3 +92,64 @@ async def serve_daemon(config: object, *, task_status: trio.TaskStatus[object]) 
     async with open_daemon(config) as daemon:  # type: ignore[arg-type]
         task_status.started(daemon)
         await trio.sleep_forever()
+
+
+# ------------------------------------------------------------------ a small disk
+
+
+def mount_tmpfs(path: Path, size: str) -> str | None:
+    """Mount a tmpfs of ``size`` on ``path`` (a small disk to fill).
+
+    Returns None once mounted, else why it could not be (not root, or what
+    ``mount`` said): the caller says so out loud, never drops it quietly.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return "mounting a small tmpfs (a real full disk) needs root"
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    if done.returncode != 0:
+        return f"mount -t tmpfs failed ({done.returncode}): {done.stderr.strip() or done.stdout}"
+    return None
+
+
+def umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False, timeout=30)
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` on ``path`` for the block; unmounted after it.
+
+    Without root the test is skipped with that reason; as root a failed mount
+    fails the test (CI runs as root: a fault that cannot be staged there is a
+    broken test, not a skip).
+    """
+    reason = mount_tmpfs(path, size)
+    if reason is not None:
+        if os.geteuid() != 0:
+            pytest.skip(reason)
+        pytest.fail(reason)
+    try:
+        yield path
+    finally:
+        umount(path)
+
+
+def fill_disk(path: Path) -> None:
+    """Write zeros into ``path`` until its filesystem is full (ENOSPC)."""
+    chunk = b"\0" * (64 * 1024)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        while os.write(fd, chunk) == len(chunk):
+            pass
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:  # full is the point; anything else is a broken fault
+            raise
+    finally:
+        os.close(fd)

@@ -411,6 +411,7 @@ def _shiv_available() -> bool:
     )
 
 
+@pytest.mark.timeout(240)  # shiv installs every dependency into a zipapp
 @pytest.mark.slow
 @pytest.mark.skipif(not _shiv_available(), reason="needs make and shiv (pip install -e '.[test]')")
 async def test_make_pyz_builds_one_file_that_runs_on_a_bare_python(tmp_path: Path) -> None:

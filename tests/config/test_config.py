@@ -29,6 +29,7 @@ from bezant_trio.config import (
     load_config,
 )
 from bezant_trio.config.schema import env_variables
+from helpers import examples
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIG = REPO_ROOT / "config.yaml"
@@ -1080,13 +1081,13 @@ def _check_outcome(build: Any) -> None:
     assert json.loads(config.to_json())["http"]["bind"] == config.http.bind
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(document=_documents | _near_valid(_SCHEMA, top=True), env=_envs)
 def test_any_document_gives_a_config_or_a_config_error(document: Any, env: dict[str, str]) -> None:
     _check_outcome(lambda: config_from_mapping(document, env=env))
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(document=_near_valid(_SCHEMA, top=True))
 def test_any_yaml_file_gives_a_config_or_a_config_error(document: Any) -> None:
     with tempfile.TemporaryDirectory() as directory:
@@ -1095,7 +1096,7 @@ def test_any_yaml_file_gives_a_config_or_a_config_error(document: Any) -> None:
         _check_outcome(lambda: load_config(path, env={}))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(text=st.text(max_size=80) | st.binary(max_size=40))
 def test_any_file_content_gives_a_config_or_a_config_error(text: str | bytes) -> None:
     with tempfile.TemporaryDirectory() as directory:
@@ -1118,7 +1119,7 @@ _YAML_PIECES = [
 ]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(text=st.lists(st.sampled_from(_YAML_PIECES), max_size=60).map("".join))
 def test_yaml_shaped_text_gives_a_config_or_a_config_error(text: str) -> None:
     with tempfile.TemporaryDirectory() as directory:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import trio
 from harness import Page, Scene, scene
 
@@ -18,6 +19,9 @@ ORDER = "352055828"  # the simulator's first order id
 TOKEN = "console-test-token-7c1d"
 #: The whole of one test, browser and daemon included.
 TEST_TIMEOUT = 90
+
+# Above the tests' own bound: the first test of the module also starts Chromium.
+pytestmark = pytest.mark.timeout(TEST_TIMEOUT + 30)
 
 
 async def test_the_page_shows_connected_and_an_order_moving_through_its_statuses(

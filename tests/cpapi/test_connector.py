@@ -22,6 +22,9 @@ from bezant_trio.util import backoff_delay
 from bezant_trio.wants import Wants
 from helpers import capacity_of, seq_of, wait_until
 
+#: The bound of one outage round (drop or stall, reconnect, resubscribe).
+ROUND = 10
+
 
 @pytest.fixture
 async def sim(nursery: trio.Nursery) -> AsyncIterator[GatewaySimulator]:
@@ -151,10 +154,13 @@ async def test_no_loss_with_a_poller_reading_random_pages(nursery, sim, serve, c
         assert seen[topic] == list(range(1, total + 1)), topic
 
 
+@pytest.mark.timeout(150)  # 60 outages, each round bounded (its own bound: 120 s)
 async def test_drops_and_stalls_bump_epoch_inject_gaps_and_restore_subscriptions(
     nursery, sim
 ) -> None:
     # The default client only: the cheaper tests above and below run both.
+    # Each round has its own bound: a reconnect takes well under a second (a
+    # stall: the 1 s heartbeat timeout more), so a broken one fails in seconds.
     with trio.fail_after(120):
         conn = await _start(nursery, sim, heartbeat_timeout=1.0)
         hub = conn.hub
@@ -163,22 +169,25 @@ async def test_drops_and_stalls_bump_epoch_inject_gaps_and_restore_subscriptions
         outages = sent = 0
         md = "marketdata:265598"
         for round_ in range(60):
-            await sim.emit_orders(5)
-            await sim.emit_marketdata(265598, 5)
-            sent += 5
-            # cursors are contiguous per topic: head = frames + one gap per outage
-            await wait_until(lambda n=sent + outages: hub.head("orders") == n and hub.head(md) == n)
-            epoch = hub.reset_epoch
-            if round_ % 6 == 5:
-                sim.stall()  # open but silent: the heartbeat watchdog must notice
+            with trio.fail_after(ROUND):
+                await sim.emit_orders(5)
+                await sim.emit_marketdata(265598, 5)
+                sent += 5
+                # cursors are contiguous per topic: head = frames + one gap per outage
+                await wait_until(
+                    lambda n=sent + outages: hub.head("orders") == n and hub.head(md) == n
+                )
+                epoch = hub.reset_epoch
+                if round_ % 6 == 5:
+                    sim.stall()  # open but silent: the heartbeat watchdog must notice
+                    await wait_until(lambda e=epoch: hub.reset_epoch > e)
+                    sim.unstall()
+                else:
+                    await sim.drop_connections("abrupt" if round_ % 2 else "close")
+                outages += 1
                 await wait_until(lambda e=epoch: hub.reset_epoch > e)
-                sim.unstall()
-            else:
-                await sim.drop_connections("abrupt" if round_ % 2 else "close")
-            outages += 1
-            await wait_until(lambda e=epoch: hub.reset_epoch > e)
-            await sim.wait_subscribed("orders", timeout=10)
-            await sim.wait_subscribed(md, timeout=10)
+                await sim.wait_subscribed("orders", timeout=ROUND)
+                await sim.wait_subscribed(md, timeout=ROUND)
         await sim.emit_orders(5)
         await sim.emit_marketdata(265598, 5)
         sent += 5

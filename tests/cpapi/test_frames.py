@@ -25,6 +25,7 @@ from bezant_trio.cpapi.frames import (
     md_subscribe,
     md_unsubscribe,
 )
+from helpers import examples
 
 CASES = [
     ('{"topic":"sor","args":[{"orderId":1,"status":"Filled"}]}', FrameKind.EVENT, "orders"),
@@ -119,7 +120,7 @@ def test_commands() -> None:
     assert book_unsubscribe("DU1") == "ubd+DU1"
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(st.one_of(st.binary(max_size=300), st.text(max_size=300)))
 def test_arbitrary_input_never_raises(raw: str | bytes) -> None:
     frame = classify(raw)
@@ -137,7 +138,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     topic=st.one_of(
         st.sampled_from(

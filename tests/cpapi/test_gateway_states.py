@@ -103,13 +103,12 @@ async def test_a_stop_during_a_hanging_rest_call_ends_at_once(nursery) -> None:
             "shutdown_grace": 30,
         }
     )
+    # The bound, start and stop included, is below the 30 s grace and the 60 s
+    # call: a stop that sat out either fails it.
     with trio.fail_after(20):
         async with open_daemon(config) as daemon:
             await wait_until(lambda: gateway.requests >= 1)  # the tickle is hanging now
             assert daemon.connector is not None and daemon.connector.connect_attempts == 1
-            stopping_from = trio.current_time()
-        # Bound on a wait: the stop did not sit out the 60 s call nor the 30 s grace.
-        assert trio.current_time() - stopping_from < 15
 
 
 async def test_a_refused_port_says_so(daemon_at) -> None:

@@ -250,7 +250,8 @@ async def test_invalid_utf8_fails_the_connection_and_closes_the_socket(
     with trio.fail_after(20):
         async with opener(port, client) as transport:
             got, closed = await read_until_closed(transport)
-        # Bug 1 of the reliability suite: the failed connection must not linger.
+        # A connection failed for a protocol violation must not linger open and
+        # subscribed on the gateway (tests/reliability/README.md, "Bugs found").
         await peers[0].eof.wait()
     assert got == ["kept"]
     assert closed.code == 1007

@@ -129,7 +129,6 @@ async def test_a_trickled_body_ends_the_request_after_the_body_timeout(
         stream = await trio.open_tcp_stream(*address(service.url))
         async with stream:
             await stream.send_all(get("/events/orders?since=1&wait=30", "Content-Length: 1000"))
-            started = trio.current_time()
 
             async def trickle() -> None:
                 try:
@@ -143,8 +142,9 @@ async def test_a_trickled_body_ends_the_request_after_the_body_timeout(
                 trickling.start_soon(trickle)
                 answer = await read_response(stream)
                 trickling.cancel_scope.cancel()
+    # The body timeout's answer, not the long-poll's (a 204 after its 30 s,
+    # which the 20 s bound would not wait for anyway).
     assert status_of(answer) == 408 and _code(answer) == "body_timeout"
-    assert trio.current_time() - started < 10  # not the long-poll's 30 s
     assert service._app.refused["body_timeout"] == 1
 
 

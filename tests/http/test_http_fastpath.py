@@ -30,7 +30,7 @@ from bezant_trio.http.fastpath import FastPolls
 from bezant_trio.model import GapReason
 from bezant_trio.store.hub import Hub
 from bezant_trio.wants import Wants
-from helpers import capacity_of, wait_until
+from helpers import capacity_of, examples, wait_until
 
 TOKEN = "s3cret"
 _DATE = re.compile(rb"(?im)^date: [^\r\n]*\r\n")
@@ -578,7 +578,7 @@ _HOSTS = st.sampled_from([b"localhost", b"127.0.0.1:8080"]) | st.sampled_from(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(path=_PATHS, query=_QUERIES, auth=_AUTH, host=_HOSTS, token=st.sampled_from([None, TOKEN]))
 def test_random_queries_get_the_same_answer_on_both_paths(
     path: str, query: bytes, auth: bytes | None, host: bytes, token: str | None

@@ -42,6 +42,9 @@ def _run_offline() -> Path | None:
     return None
 
 
+@pytest.mark.timeout(
+    300
+)  # IBKR's Java gateway in a namespace, then an inner pytest run (its own bound: 240 s)
 @pytest.mark.skipif(REALGW_URL is not None, reason="this is the inner run already")
 def test_the_daemon_against_the_real_gateway_offline() -> None:
     script = _run_offline()
@@ -115,10 +118,9 @@ async def test_sigterm_while_the_real_gateway_hangs_exits_at_once(tmp_path: Path
                 # the process boundary, so poll the status.
                 while (await client.get(f"{url}/events/_status")).json()["connect_attempts"] < 1:  # noqa: ASYNC110
                     await trio.sleep(0.05)
-            started = trio.current_time()
-            code = await daemon.stop(signal.SIGTERM, timeout=20)
-        # A bound on the wait: not the 60 s call, not the 30 s grace.
-        assert trio.current_time() - started < 10, daemon.log_text()
+        # A bound on the wait, below the 60 s call and the 30 s grace: a stop
+        # that sat out either is killed and fails here (TooSlowError).
+        code = await daemon.stop(signal.SIGTERM, timeout=10)
         assert code == 0, daemon.log_text()
     finally:
         daemon.kill()

@@ -8,21 +8,24 @@ minutes (``BEZANT_SOAK=1``). The seed is printed, and repeated with the
 failure; ``BEZANT_SEED=N`` replays a run.
 
 What a fault may cost is spelled out: a frame may only be lost inside the
-window of a process restart, of a protocol violation (the failed connection
-is abandoned until the new one subscribes), or, while the bug listed in the
-README stands, of a connection the daemon ends itself (tickle 401,
-``sts authenticated=false``). What the gateway writes to a connection after
+window of a process restart or of a protocol violation (the failed connection
+is abandoned until the new one subscribes); with ``CHAOS_TOLERATES_DRAIN_LOSS``
+(off: the connector drains a connection it ends itself) also of a tickle 401
+or ``sts authenticated=false``. What the gateway writes to a connection after
 the daemon failed it for a protocol violation is not counted as written to the
-daemon (``Rig.abandoned``): while bug 1 stood, that socket stayed open and
-subscribed, a later outage (a stall, say) handed the frames sent before the new
-connection subscribed to it alone, and the single ledger counted them as lost
-(seed 4257498412, README).
+daemon (``Rig.abandoned``): when such a connection's socket was left open (the
+WebSocket failed, its TCP stream not closed), the gateway kept it subscribed,
+a later outage (a stall, say) handed the frames sent before the new connection
+subscribed to it alone, and a single ledger counted them as lost (seed
+4257498412, tests/reliability/README.md).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import signal
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,17 +37,10 @@ import yaml
 
 from bezant_trio.model import format_ts
 from bezant_trio.testing import DaemonProcess
+from helpers import fill_disk, mount_tmpfs, umount
 
 from .conftest import scaled
-from .rig import (
-    CHANNELS,
-    DEFAULT_RATES,
-    Expect,
-    Rig,
-    fill_disk,
-    mount_tmpfs,
-    umount,
-)
+from .rig import CHANNELS, DEFAULT_RATES, Expect, Rig
 
 DURATION = scaled(60.0, 600.0)
 
@@ -245,11 +241,17 @@ class Chaos:
 async def _chaos_run(rig: Rig, seed: int, tmp_path: Path, duration: float) -> None:
     rng = random.Random(seed)
     disk = tmp_path / "small-disk"
-    mounted = mount_tmpfs(disk, "32m")
+    why_not = mount_tmpfs(disk, "32m")
+    mounted = why_not is None
+    if not mounted:
+        # CI runs as root: there a disk that cannot be staged is a broken test.
+        if os.geteuid() == 0:
+            pytest.fail(f"the disk_full fault cannot be staged: {why_not}")
+        warnings.warn(f"chaos runs without its disk_full fault: {why_not}", stacklevel=1)
     config = rig.config(
         test_sink=False,
         # Short enough for stalls to be noticed fast, long enough that a loaded
-        # machine does not fake one (a false alarm would hit bug 2).
+        # machine does not fake one (a false alarm is one more outage to drain).
         heartbeat_timeout=2.0,
         store_path=(disk if mounted else tmp_path / "state") / "events.db",
         extra_sinks=[
@@ -314,10 +316,14 @@ async def _chaos_run(rig: Rig, seed: int, tmp_path: Path, duration: float) -> No
             umount(disk)
 
 
+@pytest.mark.timeout(
+    360
+)  # 60 s of faults, then the drain and the checks (its own bound: duration + 240 s)
 async def test_chaos_60s(rig: Rig, seed: int, tmp_path: Path) -> None:
     await _chaos_run(rig, seed, tmp_path, 60.0)
 
 
+@pytest.mark.timeout(900)  # 10 minutes of faults (opt-in)
 @pytest.mark.soak
 async def test_chaos_10_minutes(rig: Rig, seed: int, tmp_path: Path) -> None:
     await _chaos_run(rig, seed, tmp_path, DURATION)

@@ -1,17 +1,21 @@
-"""Known vulnerabilities in the locked runtime dependencies fail the build (pip-audit).
+"""Known vulnerabilities in the locked runtime dependencies (pip-audit), opt-in.
 
 The locked set is ``requirements.lock`` at the top of the repository when it
 exists, else the runtime closure of ``bezant-trio``'s requirements as they are
 installed (what ``pip freeze`` would lock). pip-audit needs a vulnerability
-service (PyPI's JSON API or OSV); where neither answers for these packages
-(a mirror without per-release metadata, no network), the test is skipped and
-says so rather than passing silently.
+service (PyPI's JSON API or OSV), which the machines this project's CI runs on
+cannot reach, so it is not a gate there: it runs only with ``BEZANT_AUDIT=1``
+(``BEZANT_AUDIT=1 .venv/bin/python -m pytest tests/reliability/test_dependencies.py``
+where a service answers) and is skipped, saying so, otherwise. Where it runs,
+a known vulnerability fails it, and packages it could not audit skip it with
+their names rather than passing.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +57,11 @@ def _locked(tmp_path: Path) -> Path:
     return generated
 
 
+@pytest.mark.skipif(
+    os.environ.get("BEZANT_AUDIT") != "1",
+    reason="opt-in (BEZANT_AUDIT=1): pip-audit needs a vulnerability service, "
+    "which CI's machines cannot reach, so it is no gate there",
+)
 def test_locked_runtime_dependencies_have_no_known_vulnerabilities(tmp_path: Path) -> None:
     pytest.importorskip("pip_audit", reason="pip-audit is not installed")
     lock = _locked(tmp_path)

@@ -22,7 +22,7 @@ import trio
 from bezant_trio import hookimpl
 from bezant_trio.model import Event
 from bezant_trio.sinks.manager import plugin_manager
-from helpers import wait_until
+from helpers import fill_disk, small_disk, wait_until
 
 from .conftest import scaled
 from .rig import (
@@ -30,12 +30,10 @@ from .rig import (
     CONIDS,
     DAEMON_CLOSE_DROPS_IN_FLIGHT,
     DEFAULT_RATES,
+    STEP,
     Expect,
     InProcessDaemon,
     Rig,
-    fill_disk,
-    mount_tmpfs,
-    umount,
 )
 
 #: "gateway down for 30 s then back" (3 s in CI).
@@ -53,9 +51,10 @@ def _connector(rig: Rig) -> Any:
     return rig.daemon.daemon.connector
 
 
-async def _reconnected(rig: Rig, count: int = 1) -> None:
+async def _reconnected(rig: Rig, count: int = 1, *, timeout: float = STEP) -> None:
     connector = _connector(rig)
-    await wait_until(lambda: connector.reconnect_count >= count and connector.connected)
+    with trio.fail_after(timeout):
+        await wait_until(lambda: connector.reconnect_count >= count and connector.connected)
 
 
 # ------------------------------------------------------------------ gateway faults
@@ -76,7 +75,8 @@ async def socket_close_handshake(rig: Rig) -> Expect:
 async def stall(rig: Rig) -> Expect:
     rig.sim.stall()
     # Open but silent: only the heartbeat watchdog can notice.
-    await wait_until(lambda: _connector(rig).reconnect_count >= 1)
+    with trio.fail_after(STEP):
+        await wait_until(lambda: _connector(rig).reconnect_count >= 1)
     rig.sim.unstall()
     await _reconnected(rig)
     return Expect(reconnects=1)
@@ -84,8 +84,7 @@ async def stall(rig: Rig) -> Expect:
 
 async def gateway_down_then_back(rig: Rig) -> Expect:
     await rig.sim.restart(down_for=GATEWAY_DOWN)
-    with trio.fail_after(GATEWAY_DOWN + 30):
-        await _reconnected(rig)
+    await _reconnected(rig, timeout=GATEWAY_DOWN + STEP)
     return Expect(reconnects=1)
 
 
@@ -94,7 +93,8 @@ async def tickle_401_for_a_while(rig: Rig) -> Expect:
     rig.sim.set_authenticated(False)
     # The keepalive tickle answers 401: the daemon ends the connection, then
     # keeps failing (401) until the session is back.
-    await wait_until(lambda: not _connector(rig).connected)
+    with trio.fail_after(STEP):
+        await wait_until(lambda: not _connector(rig).connected)
     tickles = rig.sim.tickle_count
     await trio.sleep(UNAUTHENTICATED_FOR)  # the fault lasts this long
     assert rig.sim.tickle_count > tickles, "the daemon stopped retrying"
@@ -280,6 +280,7 @@ async def _run(rig: Rig, fault: Fault, config: dict[str, Any]) -> None:
     print(f"{fault.__name__}: captured {report.captured}, holes {report.holes}")
 
 
+@pytest.mark.timeout(150)  # a live stream, the fault, the drain (its own bound: about 70 s)
 @pytest.mark.parametrize(("fault", "config"), MATRIX, ids=[fault.__name__ for fault, _ in MATRIX])
 async def test_fault_during_a_live_stream_loses_nothing(
     rig: Rig, fault: Fault, config: dict[str, Any]
@@ -287,6 +288,7 @@ async def test_fault_during_a_live_stream_loses_nothing(
     await _run(rig, fault, config)
 
 
+@pytest.mark.timeout(150)  # as the matrix
 async def test_sink_raising_on_every_call_isolated_and_catches_up(
     rig: Rig, raising_plugin: None
 ) -> None:
@@ -297,46 +299,45 @@ async def test_sink_raising_on_every_call_isolated_and_catches_up(
 # ------------------------------------------------------------------ disk full
 
 
+@pytest.mark.timeout(150)  # a stream into a full disk and out (its own bound: 120 s)
 async def test_disk_full_for_the_log_degrades_serves_from_memory_and_recovers(
     rig: Rig, tmp_path: Path
 ) -> None:
     """A real ENOSPC: the log lives on a small tmpfs that a filler file fills up."""
     mount = tmp_path / "small-disk"
-    if not mount_tmpfs(mount, "24m"):
-        pytest.skip("needs root to mount a small tmpfs (a real full disk)")
-    try:
-        with trio.fail_after(120):
-            await rig.start_in_process(rig.config(store_path=mount / "events.db"))
-            await rig.warm_up()
-            await trio.to_thread.run_sync(fill_disk, mount / "filler")
-            # Capture goes on from memory; /health and _status say degraded.
-            await rig.wait_events(50)
-            status = await rig.status()
-            assert status["log"]["state"] == "degraded", status["log"]
-            assert rig.client is not None and rig.daemon is not None
-            health = (await rig.client.get(f"{rig.daemon.url}/health")).json()
-            assert health["status"] == "degraded" and health["log"] == "degraded"
-            await rig.wait_events(50)
-            (mount / "filler").unlink()
-            await rig.wait_status(lambda s: s["log"]["state"] == "ok")
-            await rig.wait_events(15)
-            await rig.drain()
-            await rig.verify(Expect(reconnects=0))
-            # Everything is in the log file too, not only in memory.
-            daemon = rig.daemon
-            assert isinstance(daemon, InProcessDaemon) and daemon.daemon is not None
-            hub = daemon.daemon.hub
-            assert hub is not None and hub.event_log is not None
-            for channel in CHANNELS:
-                logged = await trio.to_thread.run_sync(
-                    lambda ch=channel: hub.event_log.read_since(ch, 0, 1_000_000)
-                )
-                assert [e.cursor for e in logged] == [
-                    e["cursor"] for e in await rig.read_all(channel)
-                ]
-    finally:
-        await rig.stop()
-        umount(mount)
+    with small_disk(mount, "24m"):
+        try:
+            with trio.fail_after(120):
+                await rig.start_in_process(rig.config(store_path=mount / "events.db"))
+                await rig.warm_up()
+                await trio.to_thread.run_sync(fill_disk, mount / "filler")
+                # Capture goes on from memory; /health and _status say degraded.
+                await rig.wait_events(50)
+                status = await rig.status()
+                assert status["log"]["state"] == "degraded", status["log"]
+                assert rig.client is not None and rig.daemon is not None
+                health = (await rig.client.get(f"{rig.daemon.url}/health")).json()
+                assert health["status"] == "degraded" and health["log"] == "degraded"
+                await rig.wait_events(50)
+                (mount / "filler").unlink()
+                await rig.wait_status(lambda s: s["log"]["state"] == "ok")
+                await rig.wait_events(15)
+                await rig.drain()
+                await rig.verify(Expect(reconnects=0))
+                # Everything is in the log file too, not only in memory.
+                daemon = rig.daemon
+                assert isinstance(daemon, InProcessDaemon) and daemon.daemon is not None
+                hub = daemon.daemon.hub
+                assert hub is not None and hub.event_log is not None
+                for channel in CHANNELS:
+                    logged = await trio.to_thread.run_sync(
+                        lambda ch=channel: hub.event_log.read_since(ch, 0, 1_000_000)
+                    )
+                    assert [e.cursor for e in logged] == [
+                        e["cursor"] for e in await rig.read_all(channel)
+                    ]
+        finally:
+            await rig.stop()
 
 
 # ------------------------------------------------------------------ connection teardown
@@ -365,6 +366,7 @@ async def test_a_connection_failed_for_a_protocol_violation_is_closed(rig: Rig) 
         gc.enable()
 
 
+@pytest.mark.timeout(120)  # a 50,000-frame burst (its own bound: 60 s)
 async def test_frames_in_flight_when_the_daemon_ends_a_connection_are_captured(
     rig: Rig, nursery: trio.Nursery
 ) -> None:

@@ -19,8 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bezant_trio.cpapi.frames import Frame, FrameKind, classify
+from helpers import examples
 
-_SETTINGS = settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_SETTINGS = settings(
+    max_examples=examples(3000), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 _TOPICS = st.one_of(
     st.sampled_from(
@@ -70,13 +73,13 @@ def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
     _check(classify(raw, capture_other=False))
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(1500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=2048))
 def test_arbitrary_text_never_raises(raw: str) -> None:
     _check(classify(raw))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_TOPICS, st.dictionaries(st.text(max_size=10), _JSON, max_size=6), st.booleans())
 def test_frame_shaped_json_never_raises(topic: object, body: dict, as_bytes: bool) -> None:
     body["topic"] = topic
@@ -84,7 +87,7 @@ def test_frame_shaped_json_never_raises(topic: object, body: dict, as_bytes: boo
     _check(classify(raw if as_bytes else raw.decode()))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.sampled_from(["[", "{", '{"a":']), st.integers(min_value=1, max_value=5000))
 def test_deeply_nested_and_huge_numbers_never_raise(opener: str, depth: int) -> None:
     _check(classify(opener * depth))
@@ -116,12 +119,22 @@ _ATHERIS_HARNESS = textwrap.dedent(
 )
 
 
-def test_atheris_coverage_guided_fuzzing_finds_no_crash(tmp_path) -> None:
+@pytest.mark.timeout(150)  # instrumenting the imports, then 6 s of fuzzing (its own bound: 120 s)
+def test_atheris_coverage_guided_fuzzing_finds_no_crash(tmp_path, seed: int) -> None:
     pytest.importorskip("atheris", reason="atheris is not installed (no wheel for this platform)")
     script = tmp_path / "fuzz_frames.py"
     script.write_text(_ATHERIS_HARNESS)
+    # libFuzzer's inputs follow from its seed; the 6 s bound may end a run on a
+    # loaded machine earlier, never elsewhere (the seed still replays it).
     done = subprocess.run(
-        [sys.executable, str(script), "-runs=200000", "-max_total_time=6", "-max_len=4096"],
+        [
+            sys.executable,
+            str(script),
+            f"-seed={seed}",
+            "-runs=200000",
+            "-max_total_time=6",
+            "-max_len=4096",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -152,6 +152,7 @@ async def test_a_get_body_streamed_over_http2_cannot_grow_the_daemons_memory(
 # ---- 3: labels from attacker input ---------------------------------------------------
 
 
+@pytest.mark.timeout(150)  # 3,000 requests to a daemon process, RSS read between
 async def test_made_up_methods_leave_the_daemons_memory_and_scrape_alone(
     daemons: list[DaemonProcess], tmp_path: Path
 ) -> None:
@@ -314,6 +315,7 @@ def _fill_log(path: Path, events: int = 20_000) -> None:
     log.close()
 
 
+@pytest.mark.timeout(150)  # 300 streams reading 20,000 events back, two rounds
 async def test_sse_streams_reading_back_into_the_log_hold_bounded_memory_and_give_it_back(
     daemons: list[DaemonProcess], tmp_path: Path
 ) -> None:

@@ -68,6 +68,7 @@ def test_the_served_spec_is_valid_openapi_3_1(daemon_url: str) -> None:
     assert schema.raw_schema["openapi"].startswith("3.1")
 
 
+@pytest.mark.timeout(240)  # 1,100 generated requests, each validated against the spec
 def test_1000_generated_requests_no_5xx_and_every_response_conforms(daemon_url: str) -> None:
     schema = schemathesis.openapi.from_url(f"{daemon_url}/openapi.json", headers=AUTH)
     schema.config.update(base_url=daemon_url)

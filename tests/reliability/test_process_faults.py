@@ -26,6 +26,7 @@ from .rig import CHANNELS, CONIDS, Expect, Rig, expand, is_gap
 RESTARTS = 2
 
 
+@pytest.mark.timeout(200)  # a live stream and two process restarts (its own bound: 150 s)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill_9"])
 async def test_daemon_stopped_mid_stream_loses_nothing_it_had_shown(rig: Rig, signum: int) -> None:
     windows: dict[str, list[tuple[int, int]]] = {ch: [] for ch in CHANNELS}
@@ -51,6 +52,7 @@ async def test_daemon_stopped_mid_stream_loses_nothing_it_had_shown(rig: Rig, si
     assert "Traceback" not in daemon.log_text(all_runs=True)
 
 
+@pytest.mark.timeout(150)  # a 50,000-frame burst into a daemon process (its own bound: 90 s)
 async def test_sigterm_captures_every_frame_that_reached_the_daemon_before_it(
     rig: Rig, nursery: trio.Nursery
 ) -> None:

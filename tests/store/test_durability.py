@@ -86,14 +86,18 @@ async def test_restart_continues_cursors_bumps_epoch_and_injects_restart_gaps(st
     with trio.fail_after(20):
         hub = await store.start()
         for i in range(300):
-            hub.publish("orders", {"i": i})
-            hub.publish("pnl", {"i": i})
-        await wait_until(lambda: hub.head("orders") == 300 and hub.head("pnl") == 300)
+            last_order = hub.publish("orders", {"i": i})
+            last_pnl = hub.publish("pnl", {"i": i})
+        # Wait for what was published (not for a count): a wrong cursor fails
+        # the assertions below at once instead of a wait at its bound.
+        await wait_until(
+            lambda: hub.head("orders") >= last_order.cursor and hub.head("pnl") >= last_pnl.cursor
+        )
         epoch = hub.reset_epoch
         await store.stop()
         hub = await store.start()
-        hub.publish("orders", {"i": "after"})
-        await wait_until(lambda: hub.head("orders") == 302)
+        after = hub.publish("orders", {"i": "after"})
+        await wait_until(lambda: hub.head("orders") >= after.cursor)
         orders = await _read_all(hub, "orders")
         pnl = await _read_all(hub, "pnl")
         gaps = await _read_all(hub, "gap")
@@ -227,3 +231,34 @@ async def test_full_disk_degrades_keeps_serving_and_recovers_without_loss(store:
             lambda: [e.payload["i"] for e in hub.event_log.read_since("orders", 0, 5000)]
         )
     assert rows == list(range(2050))
+
+
+async def test_a_full_disk_recovers_while_events_keep_arriving(store: Store) -> None:
+    with trio.fail_after(30):
+        hub = await store.start()
+        elog = hub.event_log
+        writer = elog._conn
+        pages = writer.execute("PRAGMA page_count").fetchone()[0]
+        writer.execute(f"PRAGMA max_page_count={pages}")
+        for i in range(500):
+            hub.publish("orders", {"i": i, "pad": "x" * 200})
+        await wait_until(lambda: hub.log_state.degraded)
+        writer.execute("PRAGMA max_page_count=1073741823")
+        # A busy gateway: an event arrives while every retry stores the epoch
+        # (the one seam: the log's store_epoch, called in a worker thread).
+        store_epoch = elog.store_epoch
+
+        def store_epoch_while_events_arrive(epoch: int) -> None:
+            trio.from_thread.run_sync(hub.publish, "orders", {"i": "meanwhile"})
+            store_epoch(epoch)
+
+        elog.store_epoch = store_epoch_while_events_arrive
+        with trio.fail_after(10):
+            await wait_until(lambda: not hub.log_state.degraded)
+        elog.store_epoch = store_epoch
+        last = hub.publish("orders", {"i": "after"})
+        await wait_until(lambda: hub.head("orders") >= last.cursor)
+        logged = await trio.to_thread.run_sync(lambda: elog.read_since("orders", 0, 10_000))
+    # Everything shown from memory reached the log, in order, nothing twice.
+    assert [e.cursor for e in logged] == list(range(1, last.cursor + 1))
+    assert logged[-1].payload == {"i": "after"}

@@ -7,13 +7,14 @@ from hypothesis import strategies as st
 
 from bezant_trio.model import Event
 from bezant_trio.store.ring import ReadStatus, TopicRing
+from helpers import examples
 
 
 def _event(cursor: int) -> Event:
     return Event.build("orders", cursor, "2026-01-01T00:00:00.000Z", 1, b'{"n":%d}' % cursor)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     capacity=st.integers(1, 20),
     count=st.integers(0, 80),
@@ -38,7 +39,7 @@ def test_read_since_matches_a_model(capacity: int, count: int, since: int, limit
     assert len(ring) == len(buffered)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(capacity=st.integers(1, 10), count=st.integers(1, 60), step=st.integers(1, 7))
 def test_paging_never_skips_a_buffered_event(capacity: int, count: int, step: int) -> None:
     ring = TopicRing("orders", capacity)

@@ -21,6 +21,7 @@ Reads the hub and status callables; never imports the connector or sinks.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -216,6 +217,15 @@ class _LiveCollector(Collector):
         )
         yield GaugeMetricFamily(
             "bezant_uptime_seconds", "Seconds since the hub started.", value=hub.uptime_seconds()
+        )
+        # What the process's resident size cannot tell: memory the allocator
+        # keeps after a burst (arenas, glibc's heap) stays resident, while a
+        # leak keeps objects alive. Under a steady load this levels off.
+        yield GaugeMetricFamily(
+            "bezant_python_allocated_blocks",
+            "Memory blocks the Python allocator has handed out and not yet had back "
+            "(live objects and buffers).",
+            value=sys.getallocatedblocks(),
         )
 
     def _log_metrics(self, log: dict[str, Any] | None) -> Iterator[Metric]:

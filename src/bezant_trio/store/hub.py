@@ -542,13 +542,20 @@ class Hub:
         backlog = self.log_state.backlog
         try:
             while True:
+                # The epoch first, the backlog last: once the last batch is
+                # committed and the backlog found empty, degraded mode ends
+                # without an await in between, so no event can slip in. (Storing
+                # the epoch after the backlog left a window at every retry: under
+                # a steady stream an event always arrived during it, and the log
+                # never recovered.)
+                epoch = self.reset_epoch
+                await trio.to_thread.run_sync(self.event_log.store_epoch, epoch)
                 while backlog:
                     batch = backlog[:MAX_BATCH]
                     latency = await trio.to_thread.run_sync(self.event_log.append, batch)
                     del backlog[: len(batch)]
                     self._record_commit(latency, len(batch))
-                await trio.to_thread.run_sync(self.event_log.store_epoch, self.reset_epoch)
-                if not backlog:  # no checkpoint since the check: nothing can sneak in
+                if self.reset_epoch == epoch:  # else a reconnect bumped it meanwhile
                     break
         except Exception as exc:  # still failing: stay degraded and retry later
             self.log_state.last_error = describe(exc)
