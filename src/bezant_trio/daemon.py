@@ -132,8 +132,14 @@ class Daemon:
         event_log = None
         if config.store.path:
             try:
+                # Checkpoints run from a task of their own (Hub.run_checkpoints),
+                # never inside a commit the writer waits for.
                 event_log = await trio.to_thread.run_sync(
-                    lambda: EventLog.open(config.store.path, synchronous=config.store.synchronous)
+                    lambda: EventLog.open(
+                        config.store.path,
+                        synchronous=config.store.synchronous,
+                        auto_checkpoint=False,
+                    )
                 )
             except LogOpenError as exc:
                 raise StartupError(f"store.path: {exc}") from None
@@ -186,6 +192,7 @@ class Daemon:
         notifier = self.notifier
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.run_writer)
+            await nursery.start(hub.run_checkpoints)
             if notifier.watchdog_interval is not None:
                 health = WriterHealth(lambda: hub.pending, period=notifier.watchdog_interval)
                 hub.commit_observers.append(health.observe_commit)
