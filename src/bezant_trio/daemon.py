@@ -272,6 +272,7 @@ class Daemon:
             return
         store = self.config.store
         while True:
+            started = time.monotonic()
             try:
                 removed = await trio.to_thread.run_sync(
                     lambda: event_log.prune(
@@ -284,7 +285,8 @@ class Daemon:
                 log.error("retention prune failed: %s", exc)
             else:
                 if removed:
-                    log.info("retention removed %d events", removed)
+                    took = time.monotonic() - started
+                    log.info("retention removed %d events in %.1f s", removed, took)
             await trio.sleep(store.prune_interval)
 
     # -------------------------------------------------------------- status

@@ -50,6 +50,12 @@ MAX_BATCH = 5000
 MAX_BATCH_RING_SHARE = 0.5
 #: Seconds between WAL checkpoints (:meth:`Hub.run_checkpoints`) while commits happen.
 CHECKPOINT_INTERVAL = 1.0
+#: A batch of at most this many events is committed on the Trio thread itself
+#: (with ``synchronous: normal`` a commit writes the WAL and does not fsync: tens
+#: of µs), when the writer is free: no hand-over to a worker thread and back,
+#: each a wake-up the OS schedules, on the path of every event at a low rate.
+#: Larger batches (a burst) go to a worker thread, so reading the socket goes on.
+INLINE_COMMIT_MAX = 16
 #: Seconds between saves of the state views into the log (and at a clean stop).
 STATE_SAVE_INTERVAL = 30.0
 #: Pending (not yet committed) events above which publishers are asked to wait.
@@ -564,7 +570,23 @@ class Hub:
                 await self._pending_ready.wait()
                 continue
             batch, count = self._take_batch()
-            shown: list[BaseException | None] = []
+            if count <= INLINE_COMMIT_MAX and self.event_log.synchronous == "normal":
+                try:
+                    latency = self.event_log.try_append_by_topic(batch)
+                except Exception as exc:  # a failing log degrades, never stops capture
+                    self._enter_degraded(exc)
+                    retry_delay = 0.05
+                    continue
+                if latency is not None:
+                    shown: list[BaseException | None] = []
+                    self._committed(batch, count, latency, shown)
+                    if shown[0] is not None:
+                        raise shown[0]
+                    await self._after_commit()
+                    # Let the readers just woken (and the socket) run before the next batch.
+                    await trio.lowlevel.checkpoint()
+                    continue
+            shown = []
             try:
                 await trio.to_thread.run_sync(self._commit, token, batch, count, shown)
             except Exception as exc:  # a failing log degrades, never stops capture
@@ -575,11 +597,14 @@ class Hub:
                 raise RuntimeError("a committed batch was not made visible")
             if shown[0] is not None:
                 raise shown[0]  # a bug in the visibility path: fail loudly, here
-            await self._refresh_log_stats()
-            if time.monotonic() - self._state_saved_at >= STATE_SAVE_INTERVAL:
-                await self._save_state()
-            if self._pending_count <= MAX_PENDING:
-                self._pending_drained.set()
+            await self._after_commit()
+
+    async def _after_commit(self) -> None:
+        await self._refresh_log_stats()
+        if time.monotonic() - self._state_saved_at >= STATE_SAVE_INTERVAL:
+            await self._save_state()
+        if self._pending_count <= MAX_PENDING:
+            self._pending_drained.set()
 
     def _take_batch(self) -> tuple[dict[str, list[Event]], int]:
         """The oldest pending events of each topic, within MAX_BATCH and each topic's cap."""

@@ -156,9 +156,13 @@ class EventLog:
 
     path: str
 
-    def __init__(self, path: str, conn: sqlite3.Connection, event_count: int) -> None:
+    def __init__(
+        self, path: str, conn: sqlite3.Connection, event_count: int, *, synchronous: str = "normal"
+    ) -> None:
         """Wrap an opened, migrated writer connection; use :meth:`open` instead."""
         self.path = path
+        #: ``"normal"`` or ``"full"``: whether a commit waits for an fsync.
+        self.synchronous = synchronous
         self._conn = conn
         # Re-entrant so prune can keep the lock across a batch and its counter update.
         self._lock = threading.RLock()
@@ -243,7 +247,7 @@ class EventLog:
         except sqlite3.Error as err:
             _close_quietly(conn)
             raise LogOpenError(_explain_open_error(text_path, err)) from err
-        return cls(text_path, conn, event_count)
+        return cls(text_path, conn, event_count, synchronous=mode)
 
     def close(self) -> None:
         """Close every connection; idempotent. Readers in use close when they finish."""
@@ -326,19 +330,37 @@ class EventLog:
         self._appends_waiting += 1
         with self._lock:
             self._appends_waiting -= 1
-            started = time.perf_counter()
-            statements = [self._insert_rows(topic, group) for topic, group in batches.items()]
-            inserted_total = 0
-            with self._write_txn("appending events") as conn:
-                for topic, group, chunks in statements:
-                    inserted = 0
-                    for sql, params in chunks:
-                        inserted += max(conn.execute(sql, params).rowcount, 0)
-                    highest = max(event.cursor for event in group)
-                    conn.execute(_UPSERT_TOPIC, (topic, highest, inserted))
-                    inserted_total += inserted
-            self._event_count += inserted_total
-            return time.perf_counter() - started
+            return self._append_locked(batches)
+
+    def try_append_by_topic(self, batches: Mapping[str, Sequence[Event]]) -> float | None:
+        """:meth:`append_by_topic` if the writer is free right now, else None (nothing done).
+
+        For a caller that must not block: the hub commits a few events on its
+        own thread this way when no other write (a retention batch, a
+        checkpoint store) holds the writer.
+        """
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._append_locked(batches)
+        finally:
+            self._lock.release()
+
+    def _append_locked(self, batches: Mapping[str, Sequence[Event]]) -> float:
+        """One transaction for ``batches``; the caller holds ``_lock``."""
+        started = time.perf_counter()
+        statements = [self._insert_rows(topic, group) for topic, group in batches.items()]
+        inserted_total = 0
+        with self._write_txn("appending events") as conn:
+            for topic, group, chunks in statements:
+                inserted = 0
+                for sql, params in chunks:
+                    inserted += max(conn.execute(sql, params).rowcount, 0)
+                highest = max(event.cursor for event in group)
+                conn.execute(_UPSERT_TOPIC, (topic, highest, inserted))
+                inserted_total += inserted
+        self._event_count += inserted_total
+        return time.perf_counter() - started
 
     def _insert_rows(
         self, topic: str, group: Sequence[Event]
