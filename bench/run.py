@@ -81,6 +81,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "scaling_capacities": (1000, 100_000),
         "poll_fill": 1100,
         "idle_seconds": 30.0,
+        "settle_seconds": 1.0,
         "big_log_events": 10_000_000,
         "big_log_topics": 10,
         "small_log_events": 100_000,
@@ -101,6 +102,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "scaling_capacities": (200, 2000),
         "poll_fill": 300,
         "idle_seconds": 1.0,
+        "settle_seconds": 0.2,
         "big_log_events": 20_000,
         "big_log_topics": 2,
         "small_log_events": 2000,
@@ -1252,12 +1254,12 @@ class Bench:
             for log, sink, conid in ((False, off, 501), (True, on, 502)):
                 d, url = await self.daemon(gw, log=log, capacity={"marketdata": n})
                 await want_conids(url, gw, [conid])
-                await trio.sleep(0.5)
+                await trio.sleep(self.size["settle_seconds"] / 2)
                 rss0 = d.rss_kib()
                 await send_burst(gw, [conid], n)
                 with trio.fail_after(self.timeout(n)):
                     await watch_heads(url, {f"marketdata:{conid}": n}, interval=0.05)
-                await trio.sleep(0.5)
+                await trio.sleep(self.size["settle_seconds"] / 2)
                 sink.append((d.rss_kib() - rss0) / 1024)
                 await d.close()
                 self.children.remove(d)
@@ -1288,7 +1290,8 @@ class Bench:
         ]
         section.notes += [
             f"A fresh daemon per run with events.capacity.marketdata = {n:,}; RSS (VmRSS) after"
-            " subscribing and idling 0.5 s, then after all events are in the ring (+0.5 s).",
+            f" subscribing and idling {self.size['settle_seconds'] / 2:g} s, then after all events are in"
+            f" the ring (+{self.size['settle_seconds'] / 2:g} s).",
             "Baseline: the bare trio-websocket client keeping every received frame's str in a list.",
             "Raw payload bytes alone: ~16 MB (n x ~162 bytes on the wire).",
         ]
@@ -1500,25 +1503,25 @@ class Bench:
         for run in range(self.runs):
             # Idle: 100 wanted conids, no traffic; and the RSS of a fresh daemon.
             d, url = await self.daemon(gw, log=True)
-            await trio.sleep(1.0)
+            await trio.sleep(self.size["settle_seconds"])
             rss_on.append(d.rss_kib() / 1024)
             relay_rss.append(relay.rss_kib() / 1024)
             await want_conids(url, gw, list(range(2001, 2101)))
-            await trio.sleep(1.0)
+            await trio.sleep(self.size["settle_seconds"])
             cpu0, t0 = cpu_seconds(d.pid), time.monotonic()
             await trio.sleep(self.size["idle_seconds"])
             idle_cpu.append((cpu_seconds(d.pid) - cpu0) / (time.monotonic() - t0) * 100)
             await d.close()
             self.children.remove(d)
-            # Start-up until READY=1, an empty log and the big one (both closed cleanly).
-            for path, into in ((None, start_empty), (big, start_big)):
-                into.append(await self._startup_seconds(gw, path))
-            # History: since_ts at random inside the log, on the big log and a small one.
-            for path, into, span in (
-                (big, hist_big, 8000.0),
-                (small_log, hist_small, self.size["small_log_events"] / 1000),
+            # Start-up until READY=1 and then history (since_ts at random inside the log),
+            # on the big log and a small one, both closed cleanly.
+            for path, starts, hist, span in (
+                (small_log, start_empty, hist_small, self.size["small_log_events"] / 1000),
+                (big, start_big, hist_big, 8000.0),
             ):
-                into.append(await self._history_p99(gw, path, span))
+                took, p99 = await self._startup_and_history(gw, path, span)
+                starts.append(took)
+                hist.append(p99)
             # Retention: ingest latency while 1M rows are pruned at start, vs none pruned.
             for path, into in ((old, ret_with), (fresh, ret_without)):
                 p99, pruned_in = await self._retention_p99(gw, path)
@@ -1527,7 +1530,7 @@ class Bench:
                     prune_seconds.append(pruned_in)
             self.say(
                 f"small run {run + 1}: idle {idle_cpu[-1]:.3f} % CPU, RSS {rss_on[-1]:.1f} MiB"
-                f" (relay {relay_rss[-1]:.1f}); start-up {start_empty[-1]:.2f} s empty,"
+                f" (relay {relay_rss[-1]:.1f}); start-up {start_empty[-1]:.2f} s small log,"
                 f" {start_big[-1]:.2f} s big; history p99 {hist_big[-1]:.2f} ms big,"
                 f" {hist_small[-1]:.2f} small; ingest p99 {ret_with[-1]:.2f} ms during"
                 f" retention, {ret_without[-1]:.2f} without"
@@ -1556,7 +1559,8 @@ class Bench:
                 on="daemon",
             ),
             Row(
-                f"start-up until READY=1, a {big_n:,}-event log (vs an empty log)",
+                f"start-up until READY=1, a {big_n:,}-event log (vs a"
+                f" {self.size['small_log_events']:,}-event log)",
                 "s",
                 start_big,
                 start_empty,
@@ -1593,12 +1597,13 @@ class Bench:
             f" time (from /proc) over {self.size['idle_seconds']:g} s with no frames but the"
             " simulator's heartbeats. /proc counts in 10 ms ticks: the resolution is"
             f" {1 / self.size['idle_seconds']:.2f} % over this window.",
-            "RSS: VmRSS 1 s after the daemon serves, log on, nothing captured yet. Reference: the"
+            f"RSS: VmRSS {self.size['settle_seconds']:g} s after the daemon serves, log on, nothing"
+            " captured yet. Reference: the"
             " bare relay (trio, wsproto, Hypercorn, a bare ASGI app) in the same state.",
             "Start-up: the time from spawning `python -m bezant_trio run` to its READY=1 on a"
             " NOTIFY_SOCKET of the bench's (interpreter start and imports included), on logs left"
-            " as a clean stop leaves them.",
-            "History: 200 sequential GET /events/marketdata:<conid>/history?since_ts=<random time"
+            " as a clean stop leaves them; then the history requests on the same daemon.",
+            f"History: {self.size['history_requests']} sequential GET /events/marketdata:<conid>/history?since_ts=<random time"
             " inside the log>&limit=100 from a client in the bench process; the p99 of their round"
             " trips.",
             f"Retention: a log holding {rows:,} market-data rows of one topic, 30 days old"
@@ -1611,16 +1616,16 @@ class Bench:
         await self.stop_all()
         return section
 
-    async def _startup_seconds(self, gw: str, path: Path | None) -> float:
-        """Spawn a daemon on ``path`` (None: a new empty log); seconds until its READY=1."""
+    async def _startup_and_history(self, gw: str, path: Path, span: float) -> tuple[float, float]:
+        """Spawn a daemon on ``path``: seconds until its READY=1, then the p99 of history
+        requests at random times within the ``span`` seconds a topic covers."""
         sock_path = self.workdir / f"notify-{self.counter()}.sock"
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
         await sock.bind(str(sock_path))
         tag = self.tag("daemon")
-        store = {"path": str(path)} if path is not None else {}
         d = _common.daemon_process(
             self.workdir,
-            daemon_config(gw, self.workdir, log=True, tag=tag, store=store),
+            daemon_config(gw, self.workdir, log=True, tag=tag, store={"path": str(path)}),
             tag,
             env={"NOTIFY_SOCKET": str(sock_path)},
         )
@@ -1629,35 +1634,29 @@ class Bench:
             with trio.fail_after(120):
                 started = time.monotonic()
                 d.spawn()
-                while True:
-                    data = await sock.recv(4096)
-                    if b"READY=1" in data.split(b"\n"):
-                        return time.monotonic() - started
+                while b"READY=1" not in (await sock.recv(4096)).split(b"\n"):
+                    pass
+                took = time.monotonic() - started
+            url = await d.wait_serving()
+            client = Http(url)
+            rng = random.Random(17)
+            try:
+                topic = "marketdata:900"
+                first = (await client.get(f"/events/{topic}/history?limit=1")).json()["events"]
+                t_first = parse_ts(first[0]["received_at"])
+                times: list[float] = []
+                for _ in range(self.size["history_requests"]):
+                    since = format_ts(t_first + rng.random() * span * 0.9)
+                    t0 = time.perf_counter()
+                    reply = await client.get(f"/events/{topic}/history?since_ts={since}&limit=100")
+                    times.append((time.perf_counter() - t0) * 1000)
+                    if reply.status != 200 or not reply.json()["events"]:
+                        raise RuntimeError(f"history answered {reply.status}: {reply.body[:200]!r}")
+            finally:
+                await client.aclose()
+            return took, percentile(times, 99)
         finally:
             sock.close()
-            await d.close()
-            self.children.remove(d)
-
-    async def _history_p99(self, gw: str, path: Path, span: float) -> float:
-        """p99 of history requests at random times within the ``span`` seconds a topic covers."""
-        d, url = await self.daemon(gw, log=True, store={"path": str(path)})
-        client = Http(url)
-        rng = random.Random(17)
-        try:
-            topic = "marketdata:900"
-            first = (await client.get(f"/events/{topic}/history?limit=1")).json()["events"][0]
-            t_first = parse_ts(first["received_at"])
-            times: list[float] = []
-            for _ in range(self.size["history_requests"]):
-                since = format_ts(t_first + rng.random() * span * 0.9)
-                started = time.perf_counter()
-                reply = await client.get(f"/events/{topic}/history?since_ts={since}&limit=100")
-                times.append((time.perf_counter() - started) * 1000)
-                if reply.status != 200 or not reply.json()["events"]:
-                    raise RuntimeError(f"history answered {reply.status}: {reply.body[:200]!r}")
-            return percentile(times, 99)
-        finally:
-            await client.aclose()
             await d.close()
             self.children.remove(d)
 
