@@ -31,10 +31,31 @@ import trio
 from wsproto.events import TextMessage
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import request_once
-from baseline_ws import RawWs
+from rawws import RawWs, session_cookie
 
-from bezant_trio.http.server import serve_http
+
+def _load_serve_http():  # type: ignore[no-untyped-def]
+    """``bezant_trio.http.server.serve_http`` without the package's ``__init__`` (which
+    imports Quart): the relay's memory is then the bare stack's."""
+    import importlib.util
+    import types
+
+    import bezant_trio
+
+    package = types.ModuleType("bezant_trio.http")
+    package.__path__ = [bezant_trio.__path__[0] + "/http"]
+    sys.modules.setdefault("bezant_trio.http", package)
+    spec = importlib.util.spec_from_file_location(
+        "bezant_trio.http.server", package.__path__[0] + "/server.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.serve_http
+
+
+serve_http = _load_serve_http()
 
 KEEP = 5000
 
@@ -153,10 +174,7 @@ async def _stream(relay: Relay, scope: dict, send: object) -> None:  # type: ign
 
 
 async def run(gateway: str, conids: list[int]) -> None:
-    tickle = await request_once(gateway, "POST", "/v1/api/tickle")
-    session = tickle.json()["session"]
-    cookie = "api=" + urllib.parse.quote(orjson.dumps({"session": session}), safe="")
-    ws = await RawWs.connect(gateway, cookie)
+    ws = await RawWs.connect(gateway, await session_cookie(gateway))
     while True:
         frame = orjson.loads(await ws.get_message())
         if frame.get("topic") == "system" and "success" in frame:
