@@ -313,11 +313,15 @@ class Hub:
         """Capture ``payload`` (any JSON-able object) under ``topic``."""
         return self.publish_json(topic, encode_payload(payload))
 
-    def publish_json(self, topic: str, payload_json: bytes) -> Event:
+    def publish_json(self, topic: str, payload_json: bytes, decoded: Any = None) -> Event:
         """Capture an already-encoded JSON payload (a gateway frame's bytes).
 
         Never blocks. With the log on, the event becomes visible once its batch
         commits; callers that produce fast should ``await wait_writable()``.
+        ``decoded`` is the payload already decoded (the connector has it), which
+        the hub then owns: without the log, the state views take it instead of
+        decoding the bytes again. With the log they decode at visibility, so
+        nothing decoded is held while events wait for their commit.
         """
         cursor = self._assigned.get(topic, 0) + 1
         self._assigned[topic] = cursor
@@ -333,7 +337,7 @@ class Hub:
             else:
                 # The per-frame path of memory-only capture: no set, no loop.
                 ring.append(event)
-                self._observe(event)
+                self._observe(event, decoded)
                 waiter = self._wakeups.pop(topic, None)
                 if waiter is not None:
                     waiter.set()

@@ -46,6 +46,8 @@ ORDERS, PNL = "orders", "pnl"
 SNAPSHOT_KEY = "state:{}"
 #: Most topics whose view is looked up once (one per wanted conid, plus two).
 _MAX_ROUTES = 100_000
+#: How an event (and its payload, if already decoded) is applied to a view.
+_Apply = Callable[["StateView", Event, Any], None]
 
 
 class StateView:
@@ -110,17 +112,18 @@ class StateViews:
         self.quotes: dict[int, StateView] = {}
         #: topic -> (its view, how to apply an event to it); topics without a view are
         #: not cached (they are cheap to reject: no conid to parse).
-        self._routes: dict[str, tuple[StateView, Callable[[StateView, Event], None]]] = {}
+        self._routes: dict[str, tuple[StateView, _Apply]] = {}
         self._applied = 0
 
     # ------------------------------------------------------------- applying
 
-    def observe(self, event: Event) -> None:
+    def observe(self, event: Event, decoded: Any = None) -> None:
         """Apply one event that just became visible (called by the hub, in cursor order).
 
         On the ingest path for every event: the topic's view and how to apply
         to it are looked up once per topic (``_routes``), and a quote delta is
-        decoded once and merged as it comes out of the decoder.
+        decoded once and merged as it comes out of the decoder. ``decoded`` is
+        the payload already decoded, if the caller has it (the views then own it).
         """
         route = self._routes.get(event.topic)
         if route is None:
@@ -129,15 +132,15 @@ class StateViews:
                 return
         view, apply = route
         if event.cursor > view.cursor:
-            apply(view, event)
+            apply(view, event, decoded)
         view.cursor = event.cursor
         self._applied += 1
         if not self._applied & 1023:
             self.prune()
 
-    def _route(self, topic: str) -> tuple[StateView, Callable[[StateView, Event], None]] | None:
+    def _route(self, topic: str) -> tuple[StateView, _Apply] | None:
         """The view of ``topic`` and its apply function (cached), or None: no view."""
-        route: tuple[StateView, Callable[[StateView, Event], None]] | None = None
+        route: tuple[StateView, _Apply] | None = None
         if topic == ORDERS:
             route = (self.orders, self._apply_orders)
         elif topic == PNL:
@@ -156,8 +159,8 @@ class StateViews:
             self._routes[topic] = route
         return route
 
-    def _apply_orders(self, view: StateView, event: Event) -> None:
-        payload = _decode(event)
+    def _apply_orders(self, view: StateView, event: Event, decoded: Any) -> None:
+        payload = _decode(event) if decoded is None else decoded
         if not isinstance(payload, dict):
             return
         for order in _orders_in(payload):
@@ -171,8 +174,8 @@ class StateViews:
             else:
                 view.finished_at.pop(key, None)
 
-    def _apply_pnl(self, view: StateView, event: Event) -> None:
-        payload = _decode(event)
+    def _apply_pnl(self, view: StateView, event: Event, decoded: Any) -> None:
+        payload = _decode(event) if decoded is None else decoded
         if not isinstance(payload, dict):
             return
         rows = payload.get("args")
@@ -220,12 +223,14 @@ class StateViews:
         return (self.orders, self.pnl)
 
 
-def _apply_quote(view: StateView, event: Event) -> None:
+def _apply_quote(view: StateView, event: Event, decoded: Any) -> None:
     """Merge one ``smd`` delta (the fields that changed) into the conid's quote."""
-    try:
-        fields = orjson.loads(event.payload_json)
-    except orjson.JSONDecodeError:
-        return
+    fields = decoded
+    if fields is None:
+        try:
+            fields = orjson.loads(event.payload_json)
+        except orjson.JSONDecodeError:
+            return
     if type(fields) is not dict or "reason" in fields:
         return  # a gap event: the quote stays as last sent
     fields.pop("topic", None)
