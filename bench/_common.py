@@ -36,6 +36,7 @@ __all__ = [
     "Reply",
     "cpu_seconds",
     "daemon_config",
+    "daemon_process",
     "now_ns",
     "percentile",
     "request_once",
@@ -89,8 +90,13 @@ def daemon_config(
     capacity: dict[str, int] | None = None,
     sinks: list[dict[str, Any]] | None = None,
     tag: str = "daemon",
+    store: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A daemon config for the bench: loopback, port 0, log on (``synchronous: normal``) or off."""
+    """A daemon config for the bench: loopback, port 0, log on (``synchronous: normal``) or off.
+
+    ``store`` adds to (or replaces keys of) the ``store`` section: a log of
+    the bench's own making, retention settings.
+    """
     return {
         "gateway": {"url": f"{gateway}/v1/api", "verify_tls": False, "tickle_interval": 60},
         "http": {"bind": "127.0.0.1:0"},
@@ -102,7 +108,8 @@ def daemon_config(
         "store": {
             "path": str(workdir / f"{tag}.db") if log else None,
             "synchronous": "normal",
-        },
+        }
+        | (store or {}),
         "sinks": sinks or [],
         # A stalled sink must not hold every benchmark's teardown for the default 10 s.
         "shutdown_grace": 1,
@@ -113,14 +120,22 @@ def daemon_config(
 DAEMON_SRC: str | None = None
 
 
+def daemon_process(
+    workdir: Path, config: dict[str, Any], tag: str = "daemon", env: dict[str, str] | None = None
+) -> DaemonProcess:
+    """The daemon of ``config`` as a process (not started yet)."""
+    extra = {"PYTHONPATH": DAEMON_SRC} if DAEMON_SRC else {}
+    extra.update(env or {})
+    return DaemonProcess(workdir, config, config_path=workdir / f"{tag}.yaml", env=extra, name=tag)
+
+
 async def start_daemon(
     workdir: Path, config: dict[str, Any], tag: str = "daemon"
 ) -> tuple[DaemonProcess, str]:
     """``python -m bezant_trio run --config <workdir>/<tag>.yaml``; returns (daemon, base URL)."""
     # INFO (the default) is needed for the "serving on" line; nothing logs per frame or request.
-    env = {"PYTHONPATH": DAEMON_SRC} if DAEMON_SRC else None
-    daemon = DaemonProcess(workdir, config, config_path=workdir / f"{tag}.yaml", env=env, name=tag)
-    return daemon, await daemon.start()
+    daemon = daemon_process(workdir, config, tag)
+    return daemon, await daemon.start(timeout=120)
 
 
 # ------------------------------------------------------------------ HTTP client
@@ -170,10 +185,10 @@ class Http:
     ) -> None:
         stream = await self._connect()
         data = b"" if body is None else (body if isinstance(body, bytes) else orjson.dumps(body))
-        head = (
-            f"{method} {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
-            f"content-length: {len(data)}\r\n"
-        )
+        head = f"{method} {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
+        # No content-length on a GET without a body: as browsers and wrk send it.
+        if data or method != "GET":
+            head += f"content-length: {len(data)}\r\n"
         if data:
             head += "content-type: application/json\r\n"
         for name, value in (headers or {}).items():

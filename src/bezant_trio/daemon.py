@@ -133,8 +133,14 @@ class Daemon:
         event_log = None
         if config.store.path:
             try:
+                # Checkpoints run from a task of their own (Hub.run_checkpoints),
+                # never inside a commit the writer waits for.
                 event_log = await trio.to_thread.run_sync(
-                    lambda: EventLog.open(config.store.path, synchronous=config.store.synchronous)
+                    lambda: EventLog.open(
+                        config.store.path,
+                        synchronous=config.store.synchronous,
+                        auto_checkpoint=False,
+                    )
                 )
             except LogOpenError as exc:
                 raise StartupError(f"store.path: {exc}") from None
@@ -191,6 +197,7 @@ class Daemon:
         notifier = self.notifier
         async with trio.open_nursery() as nursery:
             await nursery.start(hub.run_writer)
+            await nursery.start(hub.run_checkpoints)
             if notifier.watchdog_interval is not None:
                 health = WriterHealth(lambda: hub.pending, period=notifier.watchdog_interval)
                 hub.commit_observers.append(health.observe_commit)
@@ -270,6 +277,7 @@ class Daemon:
             return
         store = self.config.store
         while True:
+            started = time.monotonic()
             try:
                 removed = await trio.to_thread.run_sync(
                     lambda: event_log.prune(
@@ -282,7 +290,8 @@ class Daemon:
                 log.error("retention prune failed: %s", exc)
             else:
                 if removed:
-                    log.info("retention removed %d events", removed)
+                    took = time.monotonic() - started
+                    log.info("retention removed %d events in %.1f s", removed, took)
             await trio.sleep(store.prune_interval)
 
     # -------------------------------------------------------------- status

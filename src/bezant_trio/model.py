@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -171,7 +171,23 @@ def encode_payload(payload: Any) -> bytes:
     return orjson.dumps(payload)
 
 
-@dataclass(frozen=True, slots=True)
+#: ``topic`` -> the bytes between an event's cursor and its ``received_at``
+#: (``,"topic":"orders","received_at":"``): one encode per topic, not per event.
+_TOPIC_HEADS: dict[str, bytes] = {}
+#: Past this many topics, heads are encoded per event instead of cached.
+_MAX_TOPIC_HEADS = 100_000
+
+
+def _topic_head(topic: str) -> bytes:
+    head = b',"topic":' + orjson.dumps(topic) + b',"received_at":"'
+    if len(_TOPIC_HEADS) < _MAX_TOPIC_HEADS:
+        _TOPIC_HEADS[topic] = head
+    return head
+
+
+# Not frozen: a frozen dataclass's __init__ goes through object.__setattr__ for
+# every field, ~0.5 µs an event on the ingest path. Nothing hashes events.
+@dataclass(slots=True)
 class Event:
     """One captured event, in the wire shape of ``GET /events/{topic}``.
 
@@ -179,6 +195,7 @@ class Event:
     payload's bytes (for gateway frames, the frame's own bytes, so nothing is
     re-encoded) are the slice of it that :attr:`payload_json` returns. Keeping
     only one copy of the bytes is what keeps 100k buffered events small.
+    Treat an event as immutable: its ``json`` is shared by every reader.
     """
 
     topic: str
@@ -188,6 +205,9 @@ class Event:
     json: bytes
     #: Where the payload starts inside ``json`` (it ends before the final ``}``).
     payload_at: int
+    #: ``received_at`` in epoch milliseconds, when the builder knew it (the hub
+    #: does); -1 otherwise, and the log parses ``received_at`` instead.
+    received_ms: int = field(default=-1, compare=False)
 
     @classmethod
     def build(
@@ -197,22 +217,28 @@ class Event:
         received_at: str,
         reset_epoch: int,
         payload_json: bytes,
+        received_ms: int = -1,
     ) -> Event:
         """Create an event and encode its wire JSON (the only encode it gets)."""
-        head = b"".join(
-            (
-                b'{"cursor":',
-                str(cursor).encode(),
-                b',"topic":',
-                orjson.dumps(topic),
-                b',"received_at":"',
-                received_at.encode(),
-                b'","reset_epoch":',
-                str(reset_epoch).encode(),
-                b',"payload":',
-            )
+        head = _TOPIC_HEADS.get(topic)
+        if head is None:
+            head = _topic_head(topic)
+        data = b'{"cursor":%d%s%s","reset_epoch":%d,"payload":%s}' % (
+            cursor,
+            head,
+            received_at.encode(),
+            reset_epoch,
+            payload_json,
         )
-        return cls(topic, cursor, received_at, reset_epoch, head + payload_json + b"}", len(head))
+        return cls(
+            topic,
+            cursor,
+            received_at,
+            reset_epoch,
+            data,
+            len(data) - len(payload_json) - 1,
+            received_ms,
+        )
 
     @property
     def payload_json(self) -> bytes:

@@ -232,7 +232,10 @@ PLAIN_TABLE: list[tuple[bytes, bool]] = [
     (_request(b"/events/orders", method=b"OPTIONS"), False),
     # requests with a body, or asking to send one
     (_get("/events/orders?since=1", b"Content-Length: 3") + b"abc", False),
-    (_get("/events/orders?since=1", b"Content-Length: 0"), False),
+    (_get("/events/orders?since=1", b"Content-Length: 0"), True),  # no body after all
+    (_get("/events/orders?since=0&wait=0.5", b"Content-Length: 0"), True),
+    (_get("/events/orders?since=6&wait=0.2", b"Content-Length: 0"), True),  # waits: 204
+    (_get("/events/orders?since=1", b"Content-Length: 00"), False),
     (
         _get("/events/orders?since=1", b"Transfer-Encoding: chunked") + b"3\r\nabc\r\n0\r\n\r\n",
         False,
@@ -272,7 +275,10 @@ TOKEN_TABLE: list[tuple[bytes, bool]] = [
     (_get("/events/Orders?since=1"), False),
     (_get("/events/orders?since=%31"), False),
     (_request(b"/events/orders?since=\xff"), False),  # Quart fails first: 500
-    (_get("/events/orders?since=1", b"Content-Length: 0"), False),
+    (_get("/events/orders?since=1", b"Content-Length: 0"), True),  # no body after all
+    (_get("/events/orders?since=0&wait=0.5", b"Content-Length: 0"), True),
+    (_get("/events/orders?since=6&wait=0.2", b"Content-Length: 0"), True),  # waits: 204
+    (_get("/events/orders?since=1", b"Content-Length: 00"), False),
     (_get("/events/_status"), False),
     (_get("/nope"), False),
     # what Quart answers after the right token

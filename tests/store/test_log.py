@@ -440,10 +440,12 @@ def test_v1_file_migrates_forward_with_a_later_migration(
         migrated.append([ev("orders", 2)])
         assert migrated.last_cursors() == {"orders": 2}
     with sqlite3.connect(db_path) as raw:
-        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [
+            (SCHEMA_VERSION + 1,)
+        ]
         assert "source" in [row[1] for row in raw.execute("PRAGMA table_info(events)")]
         assert raw.execute("SELECT count(*) FROM sinks").fetchone() == (0,)
-    # Reopening at version 2 runs nothing again.
+    # Reopening at the new version runs nothing again.
     with EventLog.open(db_path) as again:
         assert again.last_cursors() == {"orders": 2}
 
@@ -454,15 +456,31 @@ def test_failed_migration_leaves_the_file_at_its_old_version(
     _write_v1_file(db_path)
     broken = "CREATE TABLE added (x INTEGER); ALTER TABLE no_such_table ADD COLUMN y TEXT;"
     monkeypatch.setattr(log_module, "MIGRATIONS", [*log_module.MIGRATIONS, broken])
-    with pytest.raises(LogOpenError, match="from schema 1 to 2"):
+    with pytest.raises(LogOpenError, match=f"from schema {SCHEMA_VERSION} to {SCHEMA_VERSION + 1}"):
         EventLog.open(db_path)
     with sqlite3.connect(db_path) as raw:
-        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        # The shipped migrations ran, each in its own transaction; the broken one did not.
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
         tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
         assert "added" not in tables
     monkeypatch.undo()
     with EventLog.open(db_path) as still_v1:
         assert cursors(still_v1.read_since("orders", 0, 10)) == [1]
+
+
+def test_a_v1_file_gets_its_stored_counts_and_keeps_them(db_path: Path) -> None:
+    _write_v1_file(db_path)
+    with EventLog.open(db_path) as migrated:
+        assert migrated.stats().events == 1
+        migrated.append([ev("orders", 2), ev("orders", 3), ev("pnl", 1)])
+        assert migrated.stats().events == 4
+    with EventLog.open(db_path) as again:  # counted from the topics table, not the rows
+        assert again.stats().events == 4
+        assert again.prune(lambda topic: None, now=time.time(), max_events_per_topic=1) == 2
+    with EventLog.open(db_path) as pruned:
+        assert pruned.stats().events == 2
+    with sqlite3.connect(db_path) as raw:
+        assert dict(raw.execute("SELECT topic, stored FROM topics")) == {"orders": 1, "pnl": 1}
 
 
 def test_the_current_schema_version_is_recorded(db_path: Path) -> None:

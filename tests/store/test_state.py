@@ -12,6 +12,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import orjson
 import trio
 
 from bezant_trio.model import GapReason
@@ -138,6 +139,33 @@ async def test_quotes_merge_deltas_per_conid_and_pnl_rows_per_key() -> None:
     }
     pnl = hub.state.answer(hub.state.pnl, 1)
     assert pnl["items"] == {"DU1234.Core": {"rowType": 1, "dpl": -5.0, "upl": 12.5}}
+
+
+async def test_a_payload_the_publisher_decoded_merges_as_the_bytes_do() -> None:
+    """The connector hands its decoded frame along (memory-only capture skips a decode)."""
+    frames = [
+        ("orders", _sor(FULL_ORDER)),
+        ("orders", _sor(PARTIAL_FILL)),
+        ("marketdata:265598", {"topic": "smd+265598", "31": "382.89", "84": "382.80"}),
+        ("marketdata:265598", {"topic": "smd+265598", "31": "383.01", "_updated": 2}),
+        ("pnl", {"topic": "spl", "args": {"DU1234.Core": {"rowType": 1, "dpl": -5.0}}}),
+        ("pnl", {"topic": "spl", "args": {"DU1234.Core": {"upl": 12.5}}}),
+    ]
+    from_bytes, from_decoded = await _hub(), await _hub()
+    for topic, frame in frames:
+        raw = orjson.dumps(frame)
+        from_bytes.publish_json(topic, raw)
+        from_decoded.publish_json(topic, raw, orjson.loads(raw))
+    for hub in (from_bytes, from_decoded):
+        assert hub.head("orders") == 2
+    a, b = from_bytes.state, from_decoded.state
+    assert a.answer(a.orders, 1) == b.answer(b.orders, 1)
+    assert a.answer(a.pnl, 1) == b.answer(b.pnl, 1)
+    quote_a, quote_b = a.quote(265598), b.quote(265598)
+    assert quote_a is not None and quote_b is not None
+    assert (
+        quote_a.items == quote_b.items == {"quote": {"31": "383.01", "84": "382.80", "_updated": 2}}
+    )
 
 
 async def test_quotes_of_conids_nobody_wants_are_dropped_once_stale(

@@ -30,10 +30,9 @@ import ssl
 import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
-import trio_websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
@@ -47,6 +46,9 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.utilities import LocalProtocolError
+
+if TYPE_CHECKING:
+    import trio_websocket
 
 __all__ = [
     "CLIENTS",
@@ -239,23 +241,31 @@ class WsprotoTransport:
                 await self._send_bytes(self._ws.send(CloseConnection(code=CLOSE_NORMAL)))
 
 
+def _trio_websocket() -> Any:
+    """trio-websocket, imported when it is chosen: the default never loads it (~2 MB of RSS)."""
+    import trio_websocket
+
+    return trio_websocket
+
+
 class TrioWebsocketTransport:
     """trio-websocket, one message per call; see the module docstring."""
 
     def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
         self._ws = ws
+        self._closed_error = _trio_websocket().ConnectionClosed
 
     async def receive_batch(self) -> list[str | bytes]:
         try:
             return [await self._ws.get_message()]
-        except trio_websocket.ConnectionClosed as exc:
+        except self._closed_error as exc:
             reason = exc.reason
             raise TransportClosed(reason.code, reason.reason or "") from None
 
     async def send(self, text: str) -> None:
         try:
             await self._ws.send_message(text)
-        except (trio_websocket.ConnectionClosed, trio.BrokenResourceError) as exc:
+        except (self._closed_error, trio.BrokenResourceError) as exc:
             raise TransportClosed(CLOSE_ABNORMAL, f"socket broke: {exc}") from None
 
     async def close(self) -> None:
@@ -338,7 +348,7 @@ async def open_transport(
         try:
             async with trio.open_nursery() as nursery:
                 with trio.fail_after(connect_timeout):
-                    ws = await trio_websocket.wrap_client_stream(
+                    ws = await _trio_websocket().wrap_client_stream(
                         nursery,
                         stream,  # type: ignore[arg-type]
                         host_header,
@@ -361,7 +371,7 @@ async def open_transport(
             exc = _sole(group)
             if isinstance(exc, trio.TooSlowError):
                 raise HandshakeFailed(f"no websocket within {connect_timeout:g} s") from None
-            if isinstance(exc, trio_websocket.HandshakeError):
+            if isinstance(exc, _trio_websocket().HandshakeError):
                 raise HandshakeFailed(f"upgrade failed: {exc!r}") from None
             raise exc from None
     finally:

@@ -4,10 +4,10 @@ Through Quart a poll costs a request context, werkzeug routing and the
 hooks: several times the daemon's own work for it (bench/ANALYSIS.md).
 This layer answers the polls it is sure about itself, ``GET /events/<topic>``
 and ``GET /events/marketdata?conid=N`` with a well-formed query and no
-request body, by calling the hub through the same code as the Quart route
-(``http.poll``) and sending the same status, headers and body. Everything
-else goes to the Quart app unchanged: other routes and methods, anything it
-does not parse, and every error (400, 412, 429, 503) but two: the 401 for a
+request body (``Content-Length: 0`` is none), by calling the hub through the
+same code as the Quart route (``http.poll``) and sending the same status,
+headers and body. Everything else goes to the Quart app unchanged: other
+routes and methods, anything it does not parse, and every error (400, 412, 429, 503) but two: the 401 for a
 wrong or missing token and, without a token, the 403 for a ``Host`` or
 browser origin that is not allowed (``http.hosts``), on these two routes. A
 token is checked once per request, in constant time (``params.bearer_matches``),
@@ -43,7 +43,8 @@ __all__ = ["FastPolls"]
 TOPIC_ROUTE = "/events/<topic>"
 
 #: A request carrying any of these goes to Quart (``http.gate`` drops the body either way;
-#: these are rare enough that the fast path need not answer them).
+#: these are rare enough that the fast path need not answer them); but
+#: ``Content-Length: 0``, which many clients send on every request, says there is none.
 _BODY_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect"))
 # Quart's headers for these answers, in its order (the tests compare them with Quart's).
 _JSON = (b"content-type", b"application/json")
@@ -143,7 +144,7 @@ class _FastPollApp:
             if header == b"authorization":
                 if authorization is None:  # Quart reads the first one too
                     authorization = value
-            elif header in _BODY_HEADERS:
+            elif header in _BODY_HEADERS and (header != b"content-length" or value != b"0"):
                 return None
         # Before the token: Quart fails on a query that is not UTF-8 before
         # it checks the token.

@@ -39,10 +39,23 @@ log = logging.getLogger(__name__)
 
 #: How far cursors jump after an unclean stop (see the module docstring).
 UNCLEAN_CURSOR_SKIP = 1_000_000
-#: At most this many events go into one log transaction. Kept below the ring
-#: capacities: a batch larger than a ring would push its own events out of
-#: memory before any reader saw them there, sending every reader to the log.
-MAX_BATCH = 1000
+#: At most this many events go into one log transaction, of all topics. The
+#: writer commits whatever is pending when it is free, so a batch is as large
+#: as what arrived during the previous commit: one event at a low rate (it is
+#: visible at once), thousands in a burst (one transaction for all of them).
+MAX_BATCH = 5000
+#: ... and at most this share of a topic's ring: a batch larger than its ring
+#: would push its own events out of memory before any reader saw them there,
+#: sending every reader to the log.
+MAX_BATCH_RING_SHARE = 0.5
+#: Seconds between WAL checkpoints (:meth:`Hub.run_checkpoints`) while commits happen.
+CHECKPOINT_INTERVAL = 1.0
+#: A batch of at most this many events is committed on the Trio thread itself
+#: (with ``synchronous: normal`` a commit writes the WAL and does not fsync: tens
+#: of µs), when the writer is free: no hand-over to a worker thread and back,
+#: each a wake-up the OS schedules, on the path of every event at a low rate.
+#: Larger batches (a burst) go to a worker thread, so reading the socket goes on.
+INLINE_COMMIT_MAX = 16
 #: Seconds between saves of the state views into the log (and at a clean stop).
 STATE_SAVE_INTERVAL = 30.0
 #: Pending (not yet committed) events above which publishers are asked to wait.
@@ -55,6 +68,10 @@ MAX_PENDING = 50_000
 #: 1,000 events/s; 0.75 ms at 0.5 ms, bench/ANALYSIS.md). Since the connector
 #: reads whole socket buffers, a busy reader finds full batches ready anyway.
 WAKE_INTERVAL = 0.0005
+#: Only a hot topic is paced: one whose events arrive faster than this many
+#: per second (measured between its answers). Below it every request already
+#: carries what there is, and holding one would only add latency.
+HOT_RATE = 2 / WAKE_INTERVAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,19 +100,20 @@ class HubRead:
 class _Timestamps:
     """RFC 3339 ms timestamps, formatting the seconds part once per second."""
 
-    __slots__ = ("_last", "_ms", "_prefix", "_sec")
+    __slots__ = ("_last", "_prefix", "_sec", "ms")
 
     def __init__(self) -> None:
         self._sec = -1
         self._prefix = ""
-        self._ms = -1
+        #: Epoch milliseconds of the last :meth:`now` (the log stores them too).
+        self.ms = -1
         self._last = ""
 
     def now(self) -> str:
         ms = int(time.time() * 1000)
-        if ms == self._ms:  # the events of one millisecond share one string
+        if ms == self.ms:  # the events of one millisecond share one string
             return self._last
-        self._ms = ms
+        self.ms = ms
         sec, millis = divmod(ms, 1000)
         if sec != self._sec:
             self._sec = sec
@@ -146,7 +164,14 @@ class Hub:
         #: Next cursor to assign, per topic (cursor of the last *assigned* event).
         self._assigned: dict[str, int] = {}
         self._wakeups: dict[str, trio.Event] = {}
-        self._pending: list[Event] = []
+        #: Events waiting for the writer, per topic in cursor order (not visible yet).
+        self._pending: dict[str, list[Event]] = {}
+        #: The batch being committed right now (older than what is in ``_pending``).
+        self._in_flight: dict[str, list[Event]] | None = None
+        #: Events not visible yet: pending plus in flight.
+        self._pending_count = 0
+        #: Per topic, the most events one commit may take (see MAX_BATCH_RING_SHARE).
+        self._batch_caps: dict[str, int] = {}
         self._pending_ready = trio.Event()
         self._pending_drained = trio.Event()
         self._ts = _Timestamps()
@@ -160,8 +185,12 @@ class Hub:
         self.published: dict[str, int] = {}
         #: Readers parked in :meth:`wait` right now (long-polls, sinks, SSE).
         self.waiting = 0
-        #: Per topic, when a batch reader was last answered (see WAKE_INTERVAL).
-        self._answered_at: dict[str, float] = {}
+        #: Per topic: when a batch reader was last answered, the head then, and
+        #: the topic's arrival rate between answers (events/s; see HOT_RATE).
+        self._answered_at: dict[str, tuple[float, int, float]] = {}
+        #: Commits since the last WAL checkpoint (see run_checkpoints).
+        self._commits_since_checkpoint = 0
+        self._committed_event = trio.Event()
         self.log_state = _LogState()
         self._log_stats: Any = None
         self._log_stats_at = 0.0
@@ -266,11 +295,11 @@ class Hub:
         self._wakeups.clear()
         if self.event_log is not None:
             with trio.move_on_after(30):
-                while self._pending and not self.log_state.degraded:
+                while self._pending_count and not self.log_state.degraded:
                     drained = self._drained_event()
                     self._pending_ready.set()
                     await drained.wait()
-            if not self._pending and not self.log_state.backlog:
+            if not self._pending_count and not self.log_state.backlog:
                 await self._save_state()
                 await trio.to_thread.run_sync(_mark_clean, self.event_log)
 
@@ -284,15 +313,20 @@ class Hub:
         """Capture ``payload`` (any JSON-able object) under ``topic``."""
         return self.publish_json(topic, encode_payload(payload))
 
-    def publish_json(self, topic: str, payload_json: bytes) -> Event:
+    def publish_json(self, topic: str, payload_json: bytes, decoded: Any = None) -> Event:
         """Capture an already-encoded JSON payload (a gateway frame's bytes).
 
         Never blocks. With the log on, the event becomes visible once its batch
         commits; callers that produce fast should ``await wait_writable()``.
+        ``decoded`` is the payload already decoded (the connector has it), which
+        the hub then owns: without the log, the state views take it instead of
+        decoding the bytes again. With the log they decode at visibility, so
+        nothing decoded is held while events wait for their commit.
         """
         cursor = self._assigned.get(topic, 0) + 1
         self._assigned[topic] = cursor
-        event = Event.build(topic, cursor, self._ts.now(), self.reset_epoch, payload_json)
+        ts = self._ts
+        event = Event.build(topic, cursor, ts.now(), self.reset_epoch, payload_json, ts.ms)
         self.published[topic] = self.published.get(topic, 0) + 1
         if self.event_log is None or self.log_state.degraded:
             if self.log_state.degraded:
@@ -303,29 +337,34 @@ class Hub:
             else:
                 # The per-frame path of memory-only capture: no set, no loop.
                 ring.append(event)
-                self._observe(event)
+                self._observe(event, decoded)
                 waiter = self._wakeups.pop(topic, None)
                 if waiter is not None:
                     waiter.set()
         else:
-            self._pending.append(event)
-            if len(self._pending) == 1:
+            queue = self._pending.get(topic)
+            if queue is None:
+                self._pending[topic] = [event]
+            else:
+                queue.append(event)
+            self._pending_count += 1
+            if self._pending_count == 1:
                 self._pending_ready.set()
         return event
 
     @property
     def pending(self) -> int:
         """Events waiting for the log writer (not yet visible)."""
-        return len(self._pending)
+        return self._pending_count
 
     @property
     def backpressure(self) -> bool:
         """Whether publishers should ``await wait_writable()`` before going on."""
-        return len(self._pending) > MAX_PENDING
+        return self._pending_count > MAX_PENDING
 
     async def wait_writable(self) -> None:
         """Wait while too many events are waiting for the log writer."""
-        while len(self._pending) > MAX_PENDING and not self._closing:
+        while self._pending_count > MAX_PENDING and not self._closing:
             await self._drained_event().wait()
 
     def _drained_event(self) -> trio.Event:
@@ -496,10 +535,21 @@ class Hub:
         if self._closing or topic not in self._rings:
             return
         now = trio.current_time()
-        last = self._answered_at.get(topic)
-        if last is not None and now - last < WAKE_INTERVAL and self.head(topic) - since < limit:
-            await trio.sleep(last + WAKE_INTERVAL - now)
-        self._answered_at[topic] = trio.current_time()
+        head = self.head(topic)
+        seen = self._answered_at.get(topic)
+        rate = 0.0
+        if seen is not None:
+            last, last_head, rate = seen
+            elapsed = now - last
+            if elapsed > 0:
+                # Half the weight to the newest interval: a burst is hot at its
+                # second answer, a topic that went quiet is not after one.
+                rate = (rate + (head - last_head) / elapsed) / 2
+            if elapsed < WAKE_INTERVAL and rate > HOT_RATE and head - since < limit:
+                await trio.sleep(last + WAKE_INTERVAL - now)
+                now = trio.current_time()
+                head = self.head(topic)
+        self._answered_at[topic] = (now, head, rate)
 
     # ------------------------------------------------------------- log writer
 
@@ -510,6 +560,7 @@ class Hub:
         task_status.started()
         if self.event_log is None:
             await trio.sleep_forever()
+        token = trio.lowlevel.current_trio_token()
         retry_delay = 0.05
         while True:
             if self.log_state.degraded:
@@ -517,26 +568,139 @@ class Hub:
                 retry_delay = min(retry_delay * 2, 5.0)
                 await self._retry_backlog()
                 continue
-            if not self._pending:
+            if not self._pending_count:
                 self._pending_drained.set()
                 self._pending_ready = trio.Event()
                 await self._pending_ready.wait()
                 continue
-            batch = self._pending[:MAX_BATCH]
+            batch, count = self._take_batch()
+            if count <= INLINE_COMMIT_MAX and self.event_log.synchronous == "normal":
+                try:
+                    latency = self.event_log.try_append_by_topic(batch)
+                except Exception as exc:  # a failing log degrades, never stops capture
+                    self._enter_degraded(exc)
+                    retry_delay = 0.05
+                    continue
+                if latency is not None:
+                    shown: list[BaseException | None] = []
+                    self._committed(batch, count, latency, shown)
+                    if shown[0] is not None:
+                        raise shown[0]
+                    await self._after_commit()
+                    # Let the readers just woken (and the socket) run before the next batch.
+                    await trio.lowlevel.checkpoint()
+                    continue
+            shown = []
             try:
-                latency = await trio.to_thread.run_sync(self.event_log.append, batch)
+                await trio.to_thread.run_sync(self._commit, token, batch, count, shown)
             except Exception as exc:  # a failing log degrades, never stops capture
                 self._enter_degraded(exc)
                 retry_delay = 0.05
                 continue
-            del self._pending[: len(batch)]
-            self._record_commit(latency, len(batch))
-            self._make_visible(batch)
-            await self._refresh_log_stats()
-            if time.monotonic() - self._state_saved_at >= STATE_SAVE_INTERVAL:
-                await self._save_state()
-            if len(self._pending) <= MAX_PENDING:
-                self._pending_drained.set()
+            if not shown:  # cannot happen: the callback runs before this task resumes
+                raise RuntimeError("a committed batch was not made visible")
+            if shown[0] is not None:
+                raise shown[0]  # a bug in the visibility path: fail loudly, here
+            await self._after_commit()
+
+    async def _after_commit(self) -> None:
+        await self._refresh_log_stats()
+        if time.monotonic() - self._state_saved_at >= STATE_SAVE_INTERVAL:
+            await self._save_state()
+        if self._pending_count <= MAX_PENDING:
+            self._pending_drained.set()
+
+    def _take_batch(self) -> tuple[dict[str, list[Event]], int]:
+        """The oldest pending events of each topic, within MAX_BATCH and each topic's cap."""
+        batch: dict[str, list[Event]] = {}
+        room = MAX_BATCH
+        caps = self._batch_caps
+        pending = self._pending
+        emptied: list[str] = []
+        partial: list[str] = []
+        for topic, queue in pending.items():
+            cap = caps.get(topic)
+            if cap is None:
+                cap = caps[topic] = max(1, int(self._capacity_for(topic) * MAX_BATCH_RING_SHARE))
+            take = min(cap, room, len(queue))
+            if take == len(queue):
+                batch[topic] = queue
+                emptied.append(topic)
+            else:
+                batch[topic] = queue[:take]
+                del queue[:take]
+                partial.append(topic)
+            room -= take
+            if not room:
+                break
+        for topic in emptied:
+            del pending[topic]
+        for topic in partial:
+            # Left with events: behind the topics not served this time, next time.
+            pending[topic] = pending.pop(topic)
+        self._in_flight = batch
+        return batch, MAX_BATCH - room
+
+    def _commit(
+        self,
+        token: trio.lowlevel.TrioToken,
+        batch: dict[str, list[Event]],
+        count: int,
+        shown: list[BaseException | None],
+    ) -> None:
+        """In a worker thread: commit ``batch``, then have the Trio thread show it.
+
+        The batch becomes visible in a callback of the Trio loop queued right
+        after the commit, not when the writer task next runs: readers are
+        woken one scheduler pass earlier. The callback is queued before this
+        function returns, so it runs before the writer task resumes.
+        """
+        assert self.event_log is not None
+        latency = self.event_log.append_by_topic(batch)
+        token.run_sync_soon(self._committed, batch, count, latency, shown)
+
+    def _committed(
+        self,
+        batch: dict[str, list[Event]],
+        count: int,
+        latency: float,
+        shown: list[BaseException | None],
+    ) -> None:
+        """In the Trio thread, after a commit: drop the batch from pending, make it visible."""
+        try:
+            self._in_flight = None
+            self._pending_count -= count
+            self._record_commit(latency, count)
+            for events in batch.values():
+                self._make_visible(events)
+        except Exception as exc:  # re-raised by the writer task: a callback must not raise
+            shown.append(exc)
+            return
+        shown.append(None)
+
+    async def run_checkpoints(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Copy the write-ahead log into the database file while commits happen.
+
+        For a log opened with ``auto_checkpoint=False`` (the daemon's): a
+        commit then never does this work itself, and the writer is never held
+        up by it. At most once per ``CHECKPOINT_INTERVAL``, only after commits.
+        """
+        task_status.started()
+        elog = self.event_log
+        if elog is None:
+            return
+        while True:
+            if not self._commits_since_checkpoint:
+                self._committed_event = trio.Event()
+                await self._committed_event.wait()
+            self._commits_since_checkpoint = 0
+            try:
+                await trio.to_thread.run_sync(elog.checkpoint)
+            except Exception as exc:  # the next one copies what this one could not
+                log.warning("checkpointing the event log failed: %s", describe(exc))
+            await trio.sleep(CHECKPOINT_INTERVAL)
 
     async def _retry_backlog(self) -> None:
         backlog = self.log_state.backlog
@@ -569,9 +733,14 @@ class Hub:
             log.error("event log write failed, serving from memory and retrying: %s", describe(exc))
         self.log_state.degraded = True
         self.log_state.last_error = describe(exc)
-        pending, self._pending = self._pending, []
-        self.log_state.backlog.extend(pending)
-        self._make_visible(pending)
+        in_flight, self._in_flight = self._in_flight or {}, None
+        pending, self._pending = self._pending, {}
+        self._pending_count = 0
+        # Per topic, what was being committed is older than what waited behind it.
+        for topic in [*in_flight, *(t for t in pending if t not in in_flight)]:
+            events = in_flight.get(topic, []) + pending.get(topic, [])
+            self.log_state.backlog.extend(events)
+            self._make_visible(events)
         self._pending_drained.set()
 
     async def _refresh_log_stats(self, *, force: bool = False) -> None:
@@ -591,6 +760,8 @@ class Hub:
         state.committed_events += count
         state.commit_latency_ms = round(latency * 1000, 3)
         state.last_commit_at = self._ts.now()
+        self._commits_since_checkpoint += 1
+        self._committed_event.set()
         for observer in self.commit_observers:
             observer(latency, count)
 
@@ -609,7 +780,7 @@ class Hub:
                 for t, r in sorted(self._rings.items())
             },
             "events_published": dict(sorted(self.published.items())),
-            "pending": len(self._pending),
+            "pending": self._pending_count,
             "waiting": self.waiting,
         }
         if self.event_log is not None:

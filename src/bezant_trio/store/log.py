@@ -86,10 +86,17 @@ CREATE TABLE checkpoints (
 );
 """
 
+#: How many events of each topic are stored, kept with every append and prune,
+#: so opening a log never counts its rows (a full scan of a large file).
+_V2 = """
+ALTER TABLE topics ADD COLUMN stored INTEGER NOT NULL DEFAULT 0;
+UPDATE topics SET stored = (SELECT count(*) FROM events AS e WHERE e.topic = topics.topic);
+"""
+
 #: Forward migrations; entry ``i`` takes a file from version ``i`` to ``i + 1``.
 #: Append only: files in the field have already run every shipped entry, so an
 #: entry is never edited. Each runs in one transaction with the version bump.
-MIGRATIONS: list[str] = [_V1]
+MIGRATIONS: list[str] = [_V1, _V2]
 
 #: The schema version this build writes (the number of migrations).
 SCHEMA_VERSION: int = len(MIGRATIONS)
@@ -101,17 +108,30 @@ _MAX_IDLE_READERS = 4
 _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 _WRITER_CACHE_KIB = 4 * 1024  # appends touch only the right edge of the b-trees
 _EPOCH_KEY = "reset_epoch"
-
-_INSERT_EVENT = (
-    "INSERT OR IGNORE INTO events"
-    " (topic, cursor, reset_epoch, received_at, received_ms, payload)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
-)
+#: A file up to this size is checked with ``PRAGMA quick_check`` at every open;
+#: a larger one only after an unclean stop (the check reads the whole file:
+#: seconds for a log of millions of events, on every start).
+FULL_CHECK_MAX_BYTES = 64 * 1024 * 1024
+#: Rows per ``INSERT`` statement, largest first. One statement of many rows
+#: costs one ``sqlite3_step`` (one release and re-take of the GIL), where
+#: ``executemany`` costs one per row; 250 rows stay far below SQLite's limit
+#: on bound parameters.
+_INSERT_CHUNKS = (250, 50, 10, 1)
+_INSERT_SQL = {
+    n: "INSERT OR IGNORE INTO events"
+    " (topic, cursor, reset_epoch, received_at, received_ms, payload) VALUES "
+    + ",".join(["(?, ?, ?, ?, ?, ?)"] * n)
+    for n in _INSERT_CHUNKS
+}
 _UPSERT_TOPIC = (
-    "INSERT INTO topics (topic, last_cursor) VALUES (?, ?)"
-    " ON CONFLICT (topic) DO UPDATE SET last_cursor = max(last_cursor, excluded.last_cursor)"
+    "INSERT INTO topics (topic, last_cursor, stored) VALUES (?, ?, ?)"
+    " ON CONFLICT (topic) DO UPDATE SET last_cursor = max(last_cursor, excluded.last_cursor),"
+    " stored = stored + excluded.stored"
 )
-_EVENT_COLUMNS = "SELECT cursor, received_at, reset_epoch, payload FROM events"
+_EVENT_COLUMNS = "SELECT cursor, received_at, reset_epoch, payload, received_ms FROM events"
+#: Retention aims at delete transactions this short (seconds), so an append
+#: never waits long for one; the batch size follows what the disk manages.
+_PRUNE_TXN_SECONDS = 0.002
 
 
 @dataclass(frozen=True)
@@ -136,9 +156,13 @@ class EventLog:
 
     path: str
 
-    def __init__(self, path: str, conn: sqlite3.Connection, event_count: int) -> None:
+    def __init__(
+        self, path: str, conn: sqlite3.Connection, event_count: int, *, synchronous: str = "normal"
+    ) -> None:
         """Wrap an opened, migrated writer connection; use :meth:`open` instead."""
         self.path = path
+        #: ``"normal"`` or ``"full"``: whether a commit waits for an fsync.
+        self.synchronous = synchronous
         self._conn = conn
         # Re-entrant so prune can keep the lock across a batch and its counter update.
         self._lock = threading.RLock()
@@ -149,16 +173,33 @@ class EventLog:
         # One-entry cache for _received_ms: consecutive events share their second.
         self._ms_prefix = ""
         self._ms_base = 0
+        #: The checkpointer's own connection (opened by the first checkpoint()).
+        self._checkpoint_lock = threading.Lock()
+        self._checkpointer: sqlite3.Connection | None = None
+        #: Rows per retention transaction, adapted to keep each one short.
+        self._prune_batch = 500
+        #: Appends waiting for the writer lock; retention lets them go first.
+        self._appends_waiting = 0
 
     # ------------------------------------------------------------------ open/close
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, synchronous: str = "normal") -> EventLog:
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "normal",
+        auto_checkpoint: bool = True,
+    ) -> EventLog:
         """Open (creating it and its directories if missing) and migrate the log at ``path``.
 
         ``synchronous`` is ``"normal"`` (a commit survives a process crash) or
-        ``"full"`` (it also survives a power loss). Runs ``PRAGMA quick_check``,
-        which reads the whole file. Raises :class:`LogOpenError`.
+        ``"full"`` (it also survives a power loss). Runs ``PRAGMA quick_check``
+        (which reads the whole file) when the file is at most
+        :data:`FULL_CHECK_MAX_BYTES` or was not closed cleanly. With
+        ``auto_checkpoint=False`` commits never copy the write-ahead log into
+        the database file themselves: the owner calls :meth:`checkpoint`
+        (the daemon does, from a task of its own). Raises :class:`LogOpenError`.
         """
         mode = synchronous.lower() if isinstance(synchronous, str) else ""
         if mode not in ("normal", "full"):
@@ -192,16 +233,21 @@ class EventLog:
                 check_same_thread=False,  # any thread may write, serialised by our lock
             )
             _configure_writer(conn, text_path, mode)
-            _quick_check(conn, text_path)
+            if not auto_checkpoint:
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
+            if _needs_full_check(conn, text_path):
+                _quick_check(conn, text_path)
             _migrate(conn, text_path, MIGRATIONS)
-            event_count = conn.execute("SELECT count(*) FROM events").fetchall()[0][0]
+            event_count = conn.execute("SELECT coalesce(sum(stored), 0) FROM topics").fetchall()[0][
+                0
+            ]
         except LogOpenError:
             _close_quietly(conn)
             raise
         except sqlite3.Error as err:
             _close_quietly(conn)
             raise LogOpenError(_explain_open_error(text_path, err)) from err
-        return cls(text_path, conn, event_count)
+        return cls(text_path, conn, event_count, synchronous=mode)
 
     def close(self) -> None:
         """Close every connection; idempotent. Readers in use close when they finish."""
@@ -213,6 +259,9 @@ class EventLog:
                 idle, self._idle_readers = self._idle_readers, []
             for reader in idle:
                 _close_quietly(reader)
+            with self._checkpoint_lock:
+                _close_quietly(self._checkpointer)
+                self._checkpointer = None
             # The last connection to close checkpoints the WAL into the main file.
             _close_quietly(self._conn)
 
@@ -262,35 +311,109 @@ class EventLog:
 
         Also raises each topic's ``last_cursor``. An event whose (topic, cursor)
         is already stored is skipped, so retrying a batch is safe. Raises
-        :class:`LogWriteError` (after rolling back) if the disk refuses the write.
+        :class:`LogWriteError` (after rolling back) if the disk refuses the write,
+        ``ValueError`` if an event's ``received_at`` is not a timestamp.
         """
-        if not events:
+        by_topic: dict[str, list[Event]] = {}
+        for event in events:
+            group = by_topic.get(event.topic)
+            if group is None:
+                by_topic[event.topic] = [event]
+            else:
+                group.append(event)
+        return self.append_by_topic(by_topic)
+
+    def append_by_topic(self, batches: Mapping[str, Sequence[Event]]) -> float:
+        """:meth:`append` for events already grouped by topic (each group in cursor order)."""
+        if not any(batches.values()):
             return 0.0
+        self._appends_waiting += 1
         with self._lock:
-            started = time.perf_counter()
-            received_ms = self._received_ms
-            rows = []
-            highest: dict[str, int] = {}
-            for event in events:
-                topic = event.topic
-                cursor = event.cursor
-                rows.append(
-                    (
-                        topic,
-                        cursor,
-                        event.reset_epoch,
-                        event.received_at,
-                        received_ms(event.received_at),
-                        event.payload_json,
+            self._appends_waiting -= 1
+            return self._append_locked(batches)
+
+    def try_append_by_topic(self, batches: Mapping[str, Sequence[Event]]) -> float | None:
+        """:meth:`append_by_topic` if the writer is free right now, else None (nothing done).
+
+        For a caller that must not block: the hub commits a few events on its
+        own thread this way when no other write (a retention batch, a
+        checkpoint store) holds the writer.
+        """
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._append_locked(batches)
+        finally:
+            self._lock.release()
+
+    def _append_locked(self, batches: Mapping[str, Sequence[Event]]) -> float:
+        """One transaction for ``batches``; the caller holds ``_lock``."""
+        started = time.perf_counter()
+        statements = [self._insert_rows(topic, group) for topic, group in batches.items()]
+        inserted_total = 0
+        with self._write_txn("appending events") as conn:
+            for topic, group, chunks in statements:
+                inserted = 0
+                for sql, params in chunks:
+                    inserted += max(conn.execute(sql, params).rowcount, 0)
+                highest = max(event.cursor for event in group)
+                conn.execute(_UPSERT_TOPIC, (topic, highest, inserted))
+                inserted_total += inserted
+        self._event_count += inserted_total
+        return time.perf_counter() - started
+
+    def _insert_rows(
+        self, topic: str, group: Sequence[Event]
+    ) -> tuple[str, Sequence[Event], list[tuple[str, list[object]]]]:
+        """The multi-row INSERTs for one topic's events (built before the transaction)."""
+        received_ms = self._received_ms
+        params: list[object] = []
+        extend = params.extend
+        for event in group:
+            ms = event.received_ms
+            if ms < 0:
+                ms = received_ms(event.received_at)
+            extend(
+                (topic, event.cursor, event.reset_epoch, event.received_at, ms, event.payload_json)
+            )
+        chunks: list[tuple[str, list[object]]] = []
+        at, left = 0, len(group)
+        for size in _INSERT_CHUNKS:
+            while left >= size:
+                chunks.append((_INSERT_SQL[size], params[at * 6 : (at + size) * 6]))
+                at += size
+                left -= size
+        return topic, group, chunks
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy what the write-ahead log holds into the database file (``PASSIVE``).
+
+        Runs on a connection of its own: appends go on meanwhile, and readers
+        are not waited for (what they still use is copied by a later call).
+        Returns (frames in the WAL, frames now in the database file). A
+        checkpoint that cannot run now (busy) returns what SQLite said;
+        raises :class:`LogError` only when the file cannot be reached.
+        """
+        with self._checkpoint_lock:
+            if self._closed:
+                raise LogError(f"the event log {self.path} is closed")
+            try:
+                if self._checkpointer is None:
+                    self._checkpointer = sqlite3.connect(
+                        self.path,
+                        timeout=_BUSY_TIMEOUT_S,
+                        isolation_level=None,
+                        check_same_thread=False,  # used under _checkpoint_lock only
                     )
-                )
-                if cursor > highest.get(topic, -1):
-                    highest[topic] = cursor
-            with self._write_txn("appending events") as conn:
-                inserted = conn.executemany(_INSERT_EVENT, rows).rowcount
-                conn.executemany(_UPSERT_TOPIC, highest.items())
-            self._event_count += max(inserted, 0)
-            return time.perf_counter() - started
+                row = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+            except sqlite3.Error as err:
+                _close_quietly(self._checkpointer)
+                self._checkpointer = None
+                raise LogError(
+                    f"checkpointing the event log {self.path} failed ({err}); check free disk"
+                    " space and the file's permissions"
+                ) from err
+        return int(row[1]), int(row[2])
 
     # ------------------------------------------------------------------ reads
 
@@ -505,12 +628,15 @@ class EventLog:
             over_count_upto = rows[0][0] if rows else 0
         total = 0
         while True:
+            # Short transactions: an append waits for the writer lock while one runs.
+            size = min(batch, self._prune_batch)
             with self._lock:
+                started = time.perf_counter()
                 with self._write_txn("pruning expired events") as conn:
                     rows = conn.execute(
                         "SELECT cursor, received_ms FROM events WHERE topic = ?"
                         " ORDER BY cursor LIMIT ?",
-                        (topic, batch),
+                        (topic, size),
                     ).fetchall()
                     upto = None
                     for cursor, received_ms in rows:
@@ -526,13 +652,29 @@ class EventLog:
                         "DELETE FROM events WHERE topic = ? AND cursor <= ?", (topic, upto)
                     ).rowcount
                     conn.execute(
-                        "UPDATE topics SET pruned_upto = max(pruned_upto, ?) WHERE topic = ?",
-                        (upto, topic),
+                        "UPDATE topics SET pruned_upto = max(pruned_upto, ?),"
+                        " stored = max(0, stored - ?) WHERE topic = ?",
+                        (upto, removed, topic),
                     )
                 self._event_count -= removed
+                took = time.perf_counter() - started
+            self._adapt_prune_batch(size, took)
             total += removed
             if upto != rows[-1][0]:
                 return total
+            # Between two transactions an append waiting for the lock goes first
+            # (a lock is not fair: this thread could take it straight back).
+            waited = 0
+            while self._appends_waiting and waited < 100:
+                time.sleep(0.0002)
+                waited += 1
+
+    def _adapt_prune_batch(self, size: int, took: float) -> None:
+        """Aim the next retention transaction at ``_PRUNE_TXN_SECONDS``."""
+        if took > 2 * _PRUNE_TXN_SECONDS:
+            self._prune_batch = max(50, size // 2)
+        elif took < _PRUNE_TXN_SECONDS / 2 and size == self._prune_batch:
+            self._prune_batch = min(20_000, size * 2)
 
     @contextmanager
     def _write_txn(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -633,12 +775,29 @@ class EventLog:
 # ---------------------------------------------------------------------- helpers
 
 
-def _build_events(topic: str, rows: list[tuple[int, str, int, bytes]]) -> list[Event]:
+def _build_events(topic: str, rows: list[tuple[int, str, int, bytes, int]]) -> list[Event]:
     build = Event.build
     return [
-        build(topic, cursor, received_at, reset_epoch, payload)
-        for cursor, received_at, reset_epoch, payload in rows
+        build(topic, cursor, received_at, reset_epoch, payload, received_ms)
+        for cursor, received_at, reset_epoch, payload, received_ms in rows
     ]
+
+
+def _needs_full_check(conn: sqlite3.Connection, path: str) -> bool:
+    """Whether opening runs ``PRAGMA quick_check``: a small file, or one not closed cleanly."""
+    size = 0
+    for suffix in ("", "-wal"):
+        try:
+            size += os.stat(path + suffix).st_size
+        except FileNotFoundError:
+            pass
+    if size <= FULL_CHECK_MAX_BYTES:
+        return True
+    try:
+        rows = conn.execute("SELECT value FROM meta WHERE key = 'run_state'").fetchall()
+    except sqlite3.Error:
+        return True  # not even the meta table reads: let the check say what is wrong
+    return not rows or rows[0][0] != "clean"
 
 
 def _epoch_seconds(prefix: str) -> int:

@@ -44,6 +44,10 @@ MAX_FINISHED_ORDERS = 5000
 ORDERS, PNL = "orders", "pnl"
 #: The ``meta`` key a view's snapshot is saved under.
 SNAPSHOT_KEY = "state:{}"
+#: Most topics whose view is looked up once (one per wanted conid, plus two).
+_MAX_ROUTES = 100_000
+#: How an event (and its payload, if already decoded) is applied to a view.
+_Apply = Callable[["StateView", Event, Any], None]
 
 
 class StateView:
@@ -112,43 +116,60 @@ class StateViews:
         self.pnl = StateView(PNL)
         #: conid -> the quote view of ``marketdata:<conid>``.
         self.quotes: dict[int, StateView] = {}
+        #: topic -> (its view, how to apply an event to it); topics without a view are
+        #: not cached (they are cheap to reject: no conid to parse).
+        self._routes: dict[str, tuple[StateView, _Apply]] = {}
         self._applied = 0
 
     # ------------------------------------------------------------- applying
 
-    def observe(self, event: Event) -> None:
-        """Apply one event that just became visible (called by the hub, in cursor order)."""
-        topic = event.topic
-        if topic == ORDERS:
-            view = self.orders
-            if event.cursor > view.cursor:
-                self._apply_orders(event)
-        elif topic == PNL:
-            view = self.pnl
-            if event.cursor > view.cursor:
-                self._apply_pnl(event)
-        elif topic.startswith("marketdata:"):
-            conid = conid_of(topic, MARKETDATA)
-            if conid is None:
+    def observe(self, event: Event, decoded: Any = None) -> None:
+        """Apply one event that just became visible (called by the hub, in cursor order).
+
+        On the ingest path for every event: the topic's view and how to apply
+        to it are looked up once per topic (``_routes``), and a quote delta is
+        decoded once and merged as it comes out of the decoder. ``decoded`` is
+        the payload already decoded, if the caller has it (the views then own it).
+        """
+        route = self._routes.get(event.topic)
+        if route is None:
+            route = self._route(event.topic)
+            if route is None:
                 return
-            view = self.quotes.get(conid)
-            if view is None:
-                view = self.quotes[conid] = StateView(topic)
-            if event.cursor > view.cursor:
-                self._apply_quote(view, event)
-        else:
-            return
+        view, apply = route
+        if event.cursor > view.cursor:
+            apply(view, event, decoded)
         view.cursor = event.cursor
         view.updated_at = self._clock()
         self._applied += 1
-        if self._applied % 1024 == 0:
+        if not self._applied & 1023:
             self.prune()
 
-    def _apply_orders(self, event: Event) -> None:
-        payload = _decode(event)
+    def _route(self, topic: str) -> tuple[StateView, _Apply] | None:
+        """The view of ``topic`` and its apply function (cached), or None: no view."""
+        route: tuple[StateView, _Apply] | None = None
+        if topic == ORDERS:
+            route = (self.orders, self._apply_orders)
+        elif topic == PNL:
+            route = (self.pnl, self._apply_pnl)
+        elif topic.startswith("marketdata:"):
+            conid = conid_of(topic, MARKETDATA)
+            if conid is None:
+                return None
+            view = self.quotes.get(conid)
+            if view is None:
+                view = self.quotes[conid] = StateView(topic)
+            route = (view, _apply_quote)
+        else:
+            return None
+        if len(self._routes) < _MAX_ROUTES:
+            self._routes[topic] = route
+        return route
+
+    def _apply_orders(self, view: StateView, event: Event, decoded: Any) -> None:
+        payload = _decode(event) if decoded is None else decoded
         if not isinstance(payload, dict):
             return
-        view = self.orders
         for order in _orders_in(payload):
             key = _order_key(order)
             if key is None:
@@ -160,8 +181,8 @@ class StateViews:
             else:
                 view.finished_at.pop(key, None)
 
-    def _apply_pnl(self, event: Event) -> None:
-        payload = _decode(event)
+    def _apply_pnl(self, view: StateView, event: Event, decoded: Any) -> None:
+        payload = _decode(event) if decoded is None else decoded
         if not isinstance(payload, dict):
             return
         rows = payload.get("args")
@@ -171,14 +192,7 @@ class StateViews:
         if isinstance(rows, dict):
             for key, row in rows.items():
                 if isinstance(row, dict):
-                    self.pnl.merge(str(key), row)
-
-    def _apply_quote(self, view: StateView, event: Event) -> None:
-        payload = _decode(event)
-        if not isinstance(payload, dict) or "reason" in payload:
-            return  # a gap event: the quote stays as last sent
-        fields = {k: v for k, v in payload.items() if k != "topic"}
-        view.merge("quote", fields)
+                    view.merge(str(key), row)
 
     # --------------------------------------------------------------- bounds
 
@@ -201,7 +215,7 @@ class StateViews:
             if not self._keep_conid(conid) and now - quote.updated_at >= self.quote_ttl
         ]
         for conid in stale:
-            del self.quotes[conid]
+            self._routes.pop(self.quotes.pop(conid).topic, None)
 
     # -------------------------------------------------------------- answers
 
@@ -219,6 +233,24 @@ class StateViews:
     def views(self) -> Iterable[StateView]:
         """The order and PnL views: the ones saved in the log (quotes come back with the rings)."""
         return (self.orders, self.pnl)
+
+
+def _apply_quote(view: StateView, event: Event, decoded: Any) -> None:
+    """Merge one ``smd`` delta (the fields that changed) into the conid's quote."""
+    fields = decoded
+    if fields is None:
+        try:
+            fields = orjson.loads(event.payload_json)
+        except orjson.JSONDecodeError:
+            return
+    if type(fields) is not dict or "reason" in fields:
+        return  # a gap event: the quote stays as last sent
+    fields.pop("topic", None)
+    record = view.items.get("quote")
+    if record is None:
+        view.items["quote"] = fields  # a fresh dict, ours alone
+    else:
+        record.update(fields)
 
 
 def _decode(event: Event) -> Any:
