@@ -69,8 +69,8 @@ MUTATIONS = [
     Mutation(
         "cursor_reused_for_the_next_event",
         "store/hub.py",
-        "        self._assigned[topic] = cursor\n        event = Event.build(",
-        "        event = Event.build(",
+        "        self._assigned[topic] = cursor\n        ts = self._ts\n",
+        "        ts = self._ts\n",
         ("tests/store/test_hub.py::test_publish_assigns_increasing_cursors_per_topic",),
     ),
     Mutation(

@@ -173,7 +173,12 @@ async def test_watchdog_pings_at_half_of_watchdog_usec(
 
 
 class _WedgeableLog:
-    """A real EventLog whose ``append`` can be made to block (a wedged disk)."""
+    """A real EventLog whose writes can be made to block (a wedged disk).
+
+    A wedged commit blocks in the worker thread; an attempt to commit on the
+    Trio thread finds the writer busy (the wedged write holds it), as the real
+    log's lock answers, and goes to a worker thread too.
+    """
 
     def __init__(self, inner: EventLog) -> None:
         self._inner = inner
@@ -181,11 +186,23 @@ class _WedgeableLog:
         self.unwedged.set()
         self.blocked = threading.Event()
 
-    def append(self, events: Any) -> float:
+    def _wait_if_wedged(self) -> None:
         if not self.unwedged.is_set():
             self.blocked.set()
             self.unwedged.wait()
+
+    def append(self, events: Any) -> float:
+        self._wait_if_wedged()
         return self._inner.append(events)
+
+    def append_by_topic(self, batches: Any) -> float:
+        self._wait_if_wedged()
+        return self._inner.append_by_topic(batches)
+
+    def try_append_by_topic(self, batches: Any) -> float | None:
+        if not self.unwedged.is_set():
+            return None
+        return self._inner.try_append_by_topic(batches)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

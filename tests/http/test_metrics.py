@@ -141,12 +141,20 @@ async def test_daemon_metrics_show_gateway_frames_sinks_and_waiters(nursery: tri
         async with httpx.AsyncClient(timeout=10) as client, trio.open_nursery() as polls:
 
             async def long_poll() -> None:
-                await client.get(f"{daemon.http_url}/events/pnl?since=0&wait=30")
+                # Polls again whenever an event (a pnl frame the stream sends) answers it.
+                since = 0
+                while True:
+                    r = await client.get(f"{daemon.http_url}/events/pnl?since={since}&wait=30")
+                    if r.status_code == 200:
+                        since = r.json()["next_cursor"]
 
             polls.start_soon(long_poll)
-            await wait_until(lambda: daemon.hub.status()["waiting"] >= 2)
+            # A scrape while both are parked (the poll is briefly not, between answers).
             parsed = await _scrape(client, daemon.http_url)
-            daemon.hub.publish("pnl", {"wake": True})
+            while value(parsed, "bezant_hub_waiters") < 2:
+                await wait_until(lambda: daemon.hub.status()["waiting"] >= 2)
+                parsed = await _scrape(client, daemon.http_url)
+            polls.cancel_scope.cancel()
     assert value(parsed, "bezant_gateway_connected") == 1
     assert value(parsed, "bezant_gateway_frames_total", kind="event") >= 4
     assert value(parsed, "bezant_gateway_reconnects_total") == 0

@@ -262,3 +262,53 @@ async def test_a_full_disk_recovers_while_events_keep_arriving(store: Store) -> 
     # Everything shown from memory reached the log, in order, nothing twice.
     assert [e.cursor for e in logged] == list(range(1, last.cursor + 1))
     assert logged[-1].payload == {"i": "after"}
+
+
+class _CountingLog:
+    """A real EventLog that counts which commit path each batch took; its
+    commits on the Trio thread report ``inline_latency`` seconds."""
+
+    def __init__(self, inner: EventLog, inline_latency: float) -> None:
+        self._inner = inner
+        self.inline_latency = inline_latency
+        self.inline = 0
+        self.threaded = 0
+
+    def try_append_by_topic(self, batches: object) -> float | None:
+        latency = self._inner.try_append_by_topic(batches)  # type: ignore[arg-type]
+        if latency is None:
+            return None
+        self.inline += 1
+        return self.inline_latency
+
+    def append_by_topic(self, batches: object) -> float:
+        self.threaded += 1
+        return self._inner.append_by_topic(batches)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+@pytest.mark.parametrize(("latency", "inline", "threaded"), [(0.0001, 3, 0), (0.05, 2, 1)])
+async def test_small_batches_commit_on_the_trio_thread_only_while_commits_are_fast(
+    tmp_path: Path, nursery: trio.Nursery, latency: float, inline: int, threaded: int
+) -> None:
+    """A fast disk: every small batch commits on the Trio thread. A slow one (the
+    last commit took longer than INLINE_COMMIT_LATENCY_MAX): the next goes to a
+    worker thread, so a stalling disk never holds up the loop, and once a commit
+    there was fast, the one after is inline again."""
+    inner = EventLog.open(tmp_path / "events.db")
+    elog = _CountingLog(inner, inline_latency=latency)
+    hub = Hub(capacity_of(), event_log=elog)  # type: ignore[arg-type]
+    await hub.open()
+    await nursery.start(hub.run_writer)
+    try:
+        for n in range(3):
+            hub.publish("orders", {"n": n})
+            with trio.fail_after(10):
+                assert await hub.wait("orders", n, 10)
+        assert (elog.inline, elog.threaded) == (inline, threaded)
+        assert [e.cursor for e in inner.read_since("orders", 0, 10)] == [1, 2, 3]
+    finally:
+        await hub.close()
+        inner.close()

@@ -56,6 +56,10 @@ CHECKPOINT_INTERVAL = 1.0
 #: each a wake-up the OS schedules, on the path of every event at a low rate.
 #: Larger batches (a burst) go to a worker thread, so reading the socket goes on.
 INLINE_COMMIT_MAX = 16
+#: ... and only while the last commit took at most this long (seconds): a disk
+#: that turns slow (an SD card throttling its writes, a device that stalls) gets
+#: its commits in a worker thread again, so its stalls never hold up the loop.
+INLINE_COMMIT_LATENCY_MAX = 0.002
 #: Seconds between saves of the state views into the log (and at a clean stop).
 STATE_SAVE_INTERVAL = 30.0
 #: Pending (not yet committed) events above which publishers are asked to wait.
@@ -190,6 +194,8 @@ class Hub:
         self._answered_at: dict[str, tuple[float, int, float]] = {}
         #: Commits since the last WAL checkpoint (see run_checkpoints).
         self._commits_since_checkpoint = 0
+        #: How long the last commit took (s): inline commits only while it is short.
+        self._last_commit_latency = 0.0
         self._committed_event = trio.Event()
         self.log_state = _LogState()
         self._log_stats: Any = None
@@ -574,7 +580,11 @@ class Hub:
                 await self._pending_ready.wait()
                 continue
             batch, count = self._take_batch()
-            if count <= INLINE_COMMIT_MAX and self.event_log.synchronous == "normal":
+            if (
+                count <= INLINE_COMMIT_MAX
+                and self._last_commit_latency <= INLINE_COMMIT_LATENCY_MAX
+                and self.event_log.synchronous == "normal"
+            ):
                 try:
                     latency = self.event_log.try_append_by_topic(batch)
                 except Exception as exc:  # a failing log degrades, never stops capture
@@ -759,6 +769,7 @@ class Hub:
         state.commits += 1
         state.committed_events += count
         state.commit_latency_ms = round(latency * 1000, 3)
+        self._last_commit_latency = latency
         state.last_commit_at = self._ts.now()
         self._commits_since_checkpoint += 1
         self._committed_event.set()
