@@ -9,6 +9,7 @@ import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -153,3 +154,23 @@ def fill_disk(path: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+async def allocated_blocks(client: Any, url: str, *, scrapes: int = 3) -> int:
+    """The daemon's live Python allocator blocks (``bezant_python_allocated_blocks``
+    in ``/metrics``), the least of ``scrapes`` scrapes: what it holds at rest,
+    unlike RSS, which the allocator's free lists and the machine's load move."""
+    least: int | None = None
+    for _ in range(scrapes):
+        response = await client.get(f"{url}/metrics")
+        response.raise_for_status()
+        for line in response.text.splitlines():
+            if line.startswith("bezant_python_allocated_blocks "):
+                value = int(float(line.split()[1]))
+                least = value if least is None else min(least, value)
+                break
+        else:
+            raise AssertionError("/metrics has no bezant_python_allocated_blocks")
+        await trio.sleep(0.1)
+    assert least is not None
+    return least

@@ -65,6 +65,9 @@ async def test_take_the_state_restart_the_daemon_then_follow(
 
                 # ... the daemon restarts, and order B moves on meanwhile.
                 assert await daemon.stop(signal.SIGTERM) == 0
+                # The old socket gone on the gateway's side too, so the orders sent
+                # next go to the new one (not to a closing socket nobody reads).
+                await sim.wait_connections(0, timeout=10)
                 url = await daemon.start()
                 await sim.wait_subscribed("orders", timeout=10)
                 await sim.emit_orders(2)  # order B: submitted, filled

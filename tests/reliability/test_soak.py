@@ -26,7 +26,7 @@ import trio
 
 from bezant_trio.simulator import SeqRanges
 from bezant_trio.testing import fd_count, rss_kib
-from helpers import seq_of, wait_until
+from helpers import allocated_blocks, seq_of, wait_until
 
 from .conftest import SOAK
 from .rig import CHANNELS, STEP, Rig, expand, is_gap
@@ -132,15 +132,6 @@ LEAK_BLOCKS_SLACK = 5000
 MEASURED_FRAMES = 12_000
 
 
-async def _allocated_blocks(client: httpx.AsyncClient, url: str) -> int:
-    response = await client.get(f"{url}/metrics")
-    response.raise_for_status()
-    for line in response.text.splitlines():
-        if line.startswith("bezant_python_allocated_blocks "):
-            return int(float(line.split()[1]))
-    raise AssertionError("/metrics has no bezant_python_allocated_blocks")
-
-
 async def _soak(rig: Rig, seed: int, *, warm_up: float, measured: float, drop_every: float) -> None:
     rng = random.Random(seed)
     config = rig.config(test_sink=False, heartbeat_timeout=10.0)
@@ -212,11 +203,8 @@ async def _soak(rig: Rig, seed: int, *, warm_up: float, measured: float, drop_ev
                 lambda: all(p.since >= heads.get(p.topic, 0) for p in pollers), poll=0.05
             )
             assert daemon.url is not None
-            blocks = []
-            for _ in range(SCRAPES):
-                blocks.append(await _allocated_blocks(client, daemon.url))
-                await trio.sleep(0.1)
-        quiet.append(Quiet(trio.current_time() - start, min(blocks), rss_kib(daemon.pid), frames()))
+            blocks = await allocated_blocks(client, daemon.url, scrapes=SCRAPES)
+        quiet.append(Quiet(trio.current_time() - start, blocks, rss_kib(daemon.pid), frames()))
         return status
 
     async with httpx.AsyncClient(timeout=30, limits=limits) as client, trio.open_nursery() as n:

@@ -73,6 +73,7 @@ async def test_sigterm_restart_continues_cursors_and_serves_old_cursors_from_the
                         before[topic] = await _read_all(client, url, topic)
                 epoch = before["orders"][-1]["reset_epoch"]
                 assert await daemon.stop(signal.SIGTERM) == 0
+                await sim.wait_connections(0, timeout=10)  # the next order goes to the new socket
                 url = await daemon.start()
                 await sim.wait_subscribed("orders", timeout=20)
                 await sim.emit_orders(1)
