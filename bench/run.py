@@ -131,6 +131,11 @@ class Row:
     check: Callable[[float], bool] | None = None
     on: str = "ratio"  # which median the check looks at: ratio | daemon
 
+    def __post_init__(self) -> None:
+        # The ratio of each interleaved pair, unless given (a ratio of other figures).
+        if self.ratio is None and self.baseline is not None:
+            self.ratio = ratio_of(self.daemon, self.baseline)
+
     def to_dict(self) -> dict[str, Any]:
         verdict = None
         if self.check is not None:
@@ -688,7 +693,6 @@ class Bench:
                 "frames/s",
                 off_rate,
                 raw_rate,
-                ratio_of(off_rate, raw_rate),
             ),
             Row(
                 "frames/s, log off, marketdata ring holding all N (the reader reads every frame;"
@@ -696,42 +700,36 @@ class Bench:
                 "frames/s",
                 big_rate,
                 raw_rate,
-                ratio_of(big_rate, raw_rate),
             ),
             Row(
                 "CPU per frame, log off, ring holding all N (vs bare wsproto)",
                 "µs",
                 big_cpu,
                 raw_cpu,
-                ratio_of(big_cpu, raw_cpu),
             ),
             Row(
                 "frames/s, log on, vs the trio-websocket client (the first round's baseline)",
                 "frames/s",
                 on_rate,
                 base_rate,
-                ratio_of(on_rate, base_rate),
             ),
             Row(
                 "frames/s, log off, vs the trio-websocket client",
                 "frames/s",
                 off_rate,
                 base_rate,
-                ratio_of(off_rate, base_rate),
             ),
             Row(
                 "bare wsproto client vs the trio-websocket client",
                 "frames/s",
                 raw_rate,
                 base_rate,
-                ratio_of(raw_rate, base_rate),
             ),
             Row(
                 "CPU per frame, trio-websocket client (vs bare wsproto)",
                 "µs",
                 base_cpu,
                 raw_cpu,
-                ratio_of(base_cpu, raw_cpu),
             ),
             Row("poll requests the reader needed, log on", "requests", on_req),
             Row("poll requests the reader needed, log off", "requests", off_req),
@@ -815,7 +813,6 @@ class Bench:
                 "req/s",
                 raw_rps,
                 base_rps,
-                ratio_of(raw_rps, base_rps),
             )
         )
         section.notes += [
@@ -910,7 +907,6 @@ class Bench:
                 "ms",
                 lp["max"],
                 relay_lp["max"],
-                ratio_of(lp["max"], relay_lp["max"]),
             ),
             Row(
                 "SSE p50, log on (vs the bare relay's stream)",
@@ -937,21 +933,18 @@ class Bench:
                 "ms",
                 sse["max"],
                 relay_sse["max"],
-                ratio_of(sse["max"], relay_sse["max"]),
             ),
             Row(
                 "floor: bare wsproto client's own receipt, p50 (vs the bare relay's long-poll)",
                 "ms",
                 got["floor"]["p50"],
                 relay_lp["p50"],
-                ratio_of(got["floor"]["p50"], relay_lp["p50"]),
             ),
             Row(
                 "floor: bare wsproto client's own receipt, p99",
                 "ms",
                 got["floor"]["p99"],
                 relay_lp["p99"],
-                ratio_of(got["floor"]["p99"], relay_lp["p99"]),
             ),
             Row(
                 "round-one method: long-poll p50 read in the bench's own loop, through Quart"
@@ -959,14 +952,12 @@ class Bench:
                 "ms",
                 got["old"]["p50"],
                 lp["p50"],
-                ratio_of(got["old"]["p50"], lp["p50"]),
             ),
             Row(
                 "round-one method: long-poll p99 (vs the daemon row above)",
                 "ms",
                 got["old"]["p99"],
                 lp["p99"],
-                ratio_of(got["old"]["p99"], lp["p99"]),
             ),
         ]
         section.notes += [
@@ -1107,7 +1098,6 @@ class Bench:
                 "ms",
                 d_max,
                 r_max,
-                ratio_of(d_max, r_max),
             ),
             Row(
                 f"SSE: p99 time until each of {n} open streams has the event (vs bare ASGI's"
@@ -1125,28 +1115,24 @@ class Bench:
                 "ms",
                 s_max,
                 r_max,
-                ratio_of(s_max, r_max),
             ),
             Row(
                 f"p99 of {n} long-pollers vs the bare Quart-Trio app (the first round's baseline)",
                 "ms",
                 d_p99,
                 b_p99,
-                ratio_of(d_p99, b_p99),
             ),
             Row(
                 "bare ASGI vs the bare Quart-Trio app",
                 "ms",
                 r_p99,
                 b_p99,
-                ratio_of(r_p99, b_p99),
             ),
             Row(
                 f"readers: p99 of {few} long-pollers (vs bare ASGI with {few})",
                 "ms",
                 few_d,
                 few_r,
-                ratio_of(few_d, few_r),
             ),
             Row(
                 "daemon RSS growth (pollers connected and answered)",
@@ -1382,28 +1368,24 @@ class Bench:
                 "events/s",
                 sink_rate["file"],
                 ingest["file"],
-                ratio_of(sink_rate["file"], ingest["file"]),
             ),
             Row(
                 "webhook sink (local receiver): sustained delivery vs ingest",
                 "events/s",
                 sink_rate["webhook"],
                 ingest["webhook"],
-                ratio_of(sink_rate["webhook"], ingest["webhook"]),
             ),
             Row(
                 "ingest with the file sink vs without",
                 "frames/s",
                 ingest["file"],
                 ingest["none"],
-                ratio_of(ingest["file"], ingest["none"]),
             ),
             Row(
                 "ingest with the webhook sink vs without",
                 "frames/s",
                 ingest["webhook"],
                 ingest["none"],
-                ratio_of(ingest["webhook"], ingest["none"]),
             ),
             Row(
                 "ingest with a stalled webhook sink vs without",
@@ -1419,21 +1401,18 @@ class Bench:
                 "µs",
                 cpu["stalled"],
                 cpu["none"],
-                ratio_of(cpu["stalled"], cpu["none"]),
             ),
             Row(
                 "daemon CPU per ingested frame with the file sink vs without",
                 "µs",
                 cpu["file"],
                 cpu["none"],
-                ratio_of(cpu["file"], cpu["none"]),
             ),
             Row(
                 "daemon CPU per ingested frame with the webhook sink vs without",
                 "µs",
                 cpu["webhook"],
                 cpu["none"],
-                ratio_of(cpu["webhook"], cpu["none"]),
             ),
         ]
         section.notes += [
@@ -1740,16 +1719,12 @@ class Bench:
                 )
         for label, *_ in configs:
             d_rate, b_rate = ingest[label]
-            section.rows.append(
-                Row(f"ingest, {label}", "frames/s", d_rate, b_rate, ratio_of(d_rate, b_rate))
-            )
+            section.rows.append(Row(f"ingest, {label}", "frames/s", d_rate, b_rate))
         for label, *_ in configs:
             section.rows.append(Row(f"ingest CPU per frame, {label}", "µs", cpu[label]))
         for label, *_ in configs:
             d_rps, b_rps = polls[label]
-            section.rows.append(
-                Row(f"poll, {label}", "req/s", d_rps, b_rps, ratio_of(d_rps, b_rps))
-            )
+            section.rows.append(Row(f"poll, {label}", "req/s", d_rps, b_rps))
         section.extra["conids"] = list(ks)
         section.extra["capacities"] = [small, large]
         section.notes += [
