@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "bench").glob("*.md")),
+    ROOT / "tests" / "README.md",
+    ROOT / "tests" / "reliability" / "README.md",
+]
 _LINK = re.compile(r"\]\(([^)\s#]+)(#[^)\s]*)?\)")
 
 
@@ -21,7 +27,7 @@ def test_every_relative_link_resolves(page: Path) -> None:
     for target, _anchor in _LINK.findall(text):
         if re.match(r"[a-z]+:", target):
             continue  # an external URL
-        assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+        assert (page.parent / target).exists(), f"{page} links to missing {target}"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
@@ -36,7 +42,7 @@ def test_every_anchor_within_the_docs_exists(page: Path) -> None:
         if linked.suffix != ".md":
             continue
         headings = {_slug(h) for h in re.findall(r"^#+ (.+)$", linked.read_text(), re.M)}
-        assert anchor[1:] in headings, f"{page.name}: no heading for {target}{anchor}"
+        assert anchor[1:] in headings, f"{page}: no heading for {target}{anchor}"
 
 
 def _slug(heading: str) -> str:
