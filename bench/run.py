@@ -839,7 +839,7 @@ class Bench:
             "latency", f"3. Latency at {rate:,.0f} events/s (send → reader's receipt)"
         )
         _, gw = await self.gateway()
-        _daemon, url = await self.daemon(gw, log=True)
+        daemon, url = await self.daemon(gw, log=True)
         conid, sse_conid, old_conid, base_conid, relay_conid = 301, 302, 304, 303, 305
         await want_conids(url, gw, [conid, sse_conid, old_conid])
         _, relay_url = await start_relay(self, gw, [relay_conid])
@@ -881,6 +881,16 @@ class Bench:
                     for name in ("relay_lp", "lp", "relay_sse", "sse", "old")
                 )
             )
+        if self.profile:
+            # One more run of each daemon path under py-spy, after the measured ones.
+            for name, topic, cid, sse in (
+                ("latency-longpoll", f"marketdata:{conid}", conid, False),
+                ("latency-sse", f"marketdata:{sse_conid}", sse_conid, True),
+            ):
+                since = await head(url, topic)
+                path = f"/events/{topic}" + ("/stream" if sse else "")
+                async with self.profiled(daemon.pid, name):
+                    await read_stamped(self, url, path, since, gw, cid, count, rate, sse=sse)
         lp, relay_lp, sse, relay_sse = got["lp"], got["relay_lp"], got["sse"], got["relay_sse"]
         section.rows += [
             Row(
@@ -1083,6 +1093,18 @@ class Bench:
                 f" daemon p99 {r['p99']:.1f} ms max {r['max']:.1f}, RSS +{r['rss_growth_mib']:.1f} MiB;"
                 f" SSE p99 {s['p99']:.1f} ms max {s['max']:.1f}"
             )
+        if self.profile:
+            # One more fan-out of each kind under py-spy (the 500 connections
+            # parking are in the profile too), after the measured runs.
+            for name, stream in (("fanout-longpoll", False), ("fanout-sse", True)):
+                since = await head(url, topic)
+                path = (
+                    f"/events/{topic}/stream?since={since}"
+                    if stream
+                    else f"/events/{topic}?since={since}&wait=30"
+                )
+                async with self.profiled(d.pid, name):
+                    await self._fanout_once(url, path, n, gw, d, sse=stream)
         section.rows += [
             Row(
                 f"p99 time until each of {n} long-pollers has the event (vs bare ASGI)",
