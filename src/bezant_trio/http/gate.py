@@ -127,7 +127,7 @@ class RequestGate:
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except* _BodyRefused:
-            pass
+            pass  # the exchange recorded the refusal: answered just below
         refusal = exchange.refusal
         if refusal is None:
             return

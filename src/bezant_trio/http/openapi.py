@@ -94,6 +94,25 @@ def _poll_responses(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return responses
 
 
+_CONID = {
+    "name": "conid",
+    "in": "query",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 999999999999999999},
+}
+
+
+def _lazy_route(summary: str, too_many: str) -> dict[str, Any]:
+    """A per-conid stream subscribed upstream on first use (marketdata, bars, book)."""
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": [_CONID, _SINCE, _LIMIT, _WAIT],
+            "responses": _poll_responses({"429": _error(too_many, "too_many_conids")}),
+        }
+    }
+
+
 #: What the request gate and the Host check may answer on any route (``http.limits``, ``http.hosts``).
 _HOST_NOT_ALLOWED = _error(
     "Without http.token: a Host or browser origin other than this machine's (DNS rebinding, "
@@ -321,90 +340,20 @@ def _spec() -> dict[str, Any]:
                     },
                 }
             },
-            "/events/marketdata": {
-                "get": {
-                    "summary": "Market data for one conid; subscribes it upstream on first use.",
-                    "parameters": [
-                        {
-                            "name": "conid",
-                            "in": "query",
-                            "required": True,
-                            "schema": {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": 999999999999999999,
-                            },
-                        },
-                        _SINCE,
-                        _LIMIT,
-                        _WAIT,
-                    ],
-                    "responses": _poll_responses(
-                        {
-                            "429": _error(
-                                "More conids wanted than events.marketdata.max_conids.",
-                                "too_many_conids",
-                            )
-                        }
-                    ),
-                }
-            },
-            "/events/bars": {
-                "get": {
-                    "summary": "Streaming bars (smh) for one conid; subscribes them upstream on first use (the gateway allows 5 at once).",
-                    "parameters": [
-                        {
-                            "name": "conid",
-                            "in": "query",
-                            "required": True,
-                            "schema": {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": 999999999999999999,
-                            },
-                        },
-                        _SINCE,
-                        _LIMIT,
-                        _WAIT,
-                    ],
-                    "responses": _poll_responses(
-                        {
-                            "429": _error(
-                                "More than 5 bars conids wanted (the gateway's limit).",
-                                "too_many_conids",
-                            )
-                        }
-                    ),
-                }
-            },
-            "/events/book": {
-                "get": {
-                    "summary": "The BookTrader price ladder (sbd) for one conid; subscribes it upstream on first use (one at a time).",
-                    "parameters": [
-                        {
-                            "name": "conid",
-                            "in": "query",
-                            "required": True,
-                            "schema": {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": 999999999999999999,
-                            },
-                        },
-                        _SINCE,
-                        _LIMIT,
-                        _WAIT,
-                    ],
-                    "responses": _poll_responses(
-                        {
-                            "429": _error(
-                                "Another conid's ladder is wanted (one at a time).",
-                                "too_many_conids",
-                            )
-                        }
-                    ),
-                }
-            },
+            "/events/marketdata": _lazy_route(
+                "Market data for one conid; subscribes it upstream on first use.",
+                "More conids wanted than events.marketdata.max_conids.",
+            ),
+            "/events/bars": _lazy_route(
+                "Streaming bars (smh) for one conid; subscribes them upstream on first use "
+                "(the gateway allows 5 at once).",
+                "More than 5 bars conids wanted (the gateway's limit).",
+            ),
+            "/events/book": _lazy_route(
+                "The BookTrader price ladder (sbd) for one conid; subscribes it upstream on "
+                "first use (one at a time).",
+                "Another conid's ladder is wanted (one at a time).",
+            ),
             "/state/orders": {
                 "get": {
                     "summary": "The latest record of every order, merged from sor updates and resyncs.",

@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -787,10 +787,8 @@ def _needs_full_check(conn: sqlite3.Connection, path: str) -> bool:
     """Whether opening runs ``PRAGMA quick_check``: a small file, or one not closed cleanly."""
     size = 0
     for suffix in ("", "-wal"):
-        try:
+        with suppress(FileNotFoundError):  # no WAL file: nothing to add
             size += os.stat(path + suffix).st_size
-        except FileNotFoundError:
-            pass
     if size <= FULL_CHECK_MAX_BYTES:
         return True
     try:
