@@ -7,13 +7,27 @@ simulator included).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
+import ssl
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import trio
 
-__all__ = ["backoff_delay", "describe", "first_line", "plain", "wait_any"]
+__all__ = ["backoff_delay", "describe", "first_line", "plain", "verifying_tls_context", "wait_any"]
+
+
+@functools.cache
+def verifying_tls_context() -> ssl.SSLContext:
+    """httpx's ``verify=True`` context (its CA bundle, ``SSL_CERT_FILE``), built once per process.
+
+    Building one loads the CA bundle, about 56 ms of CPU; every client that
+    verifies (the gateway session's, each webhook sink's) shares this one.
+    """
+    import httpx  # only the clients that verify need it
+
+    return httpx.create_ssl_context()
 
 
 def first_line(exc: BaseException) -> str:

@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from bezant_trio.http import server as http_server
-from bezant_trio.testing import DaemonProcess, fd_count, rss_kib
+from bezant_trio.testing import DaemonProcess, LeanClient, fd_count, rss_kib
 
 from .conftest import SOAK
 from .rig import InProcessDaemon, Rig
@@ -81,7 +81,7 @@ async def daemon_proc(rig: Rig) -> AsyncIterator[DaemonProcess]:
     yield daemon
 
 
-async def _served(client: httpx.AsyncClient, url: str) -> None:
+async def _served(client: LeanClient, url: str) -> None:
     response = await client.get(f"{url}/events/orders", params={"since": 0, "limit": 5})
     assert response.status_code in (200, 204), response.text
 

@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 import trio
 
 from bezant_trio.simulator import SeqRanges
-from bezant_trio.testing import fd_count, rss_kib
+from bezant_trio.testing import HTTPError, LeanClient, fd_count, rss_kib
 from helpers import allocated_blocks, seq_of, wait_until
 
 from .conftest import SOAK
@@ -50,7 +49,7 @@ class LoadPoller:
     errors: list[str] = field(default_factory=list)
     last_seq: int = 0
 
-    async def run(self, client: httpx.AsyncClient) -> None:
+    async def run(self, client: LeanClient) -> None:
         family, _, key = self.topic.partition(":")
         path = "/events/marketdata" if family == "marketdata" else f"/events/{self.topic}"
         while True:
@@ -60,7 +59,7 @@ class LoadPoller:
                 params["conid"] = key
             try:
                 response = await client.get(f"{url}{path}", params=params)
-            except httpx.TransportError as exc:
+            except HTTPError as exc:
                 self.errors.append(f"{self.topic}: {exc!r}")
                 await trio.sleep(0.1)
                 continue
@@ -154,7 +153,6 @@ async def _soak(rig: Rig, seed: int, *, warm_up: float, measured: float, drop_ev
     samples: list[tuple[float, int, int]] = []
     quiet: list[Quiet] = []
     drops = 0
-    limits = httpx.Limits(max_connections=POLLERS + 10, max_keepalive_connections=POLLERS + 10)
 
     async def rings_full() -> bool:
         status = await rig.status()
@@ -188,7 +186,7 @@ async def _soak(rig: Rig, seed: int, *, warm_up: float, measured: float, drop_ev
                     await rig.wait_newest_subscribed()
             await trio.sleep(min(2.0, (warm_up + measured) / 120))  # the sampling pace
 
-    async def rest(client: httpx.AsyncClient, start: float) -> dict[str, Any]:
+    async def rest(client: LeanClient, start: float) -> dict[str, Any]:
         """Stop the stream, wait until every poller and sink has everything; a Quiet point."""
         rig.sim.stop_stream()
         with trio.fail_after(STEP * 3):
@@ -207,7 +205,7 @@ async def _soak(rig: Rig, seed: int, *, warm_up: float, measured: float, drop_ev
         quiet.append(Quiet(trio.current_time() - start, blocks, rss_kib(daemon.pid), frames()))
         return status
 
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client, trio.open_nursery() as n:
+    async with LeanClient(timeout=30) as client, trio.open_nursery() as n:
         for poller in pollers:
             n.start_soon(poller.run, client)
         with trio.fail_after(warm_up + measured + 120):

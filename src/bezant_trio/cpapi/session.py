@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bezant_trio.util import describe
+from bezant_trio.util import describe, verifying_tls_context
 
 __all__ = [
     "GatewayCompeting",
@@ -119,7 +119,7 @@ class GatewaySession:
         self.timeout = timeout
         self._where = display_url(self.base_url)
         self._client = httpx.AsyncClient(
-            verify=self.ssl_context() or True, timeout=timeout, http2=False
+            verify=self.ssl_context() or verifying_tls_context(), timeout=timeout, http2=False
         )
 
     async def aclose(self) -> None:

@@ -45,7 +45,7 @@ import orjson
 
 from bezant_trio.model import Event
 from bezant_trio.sinks.interface import DeliveryError, Option, SinkDisabled, event_id
-from bezant_trio.util import first_line
+from bezant_trio.util import first_line, verifying_tls_context
 
 __all__ = ["WebhookSink", "decode_secret", "sign"]
 
@@ -186,7 +186,9 @@ class WebhookSink:
         if self._key is not None:
             headers["webhook-signature"] = sign(self._key, msg_id, timestamp, body)
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+            self._client = httpx.AsyncClient(
+                timeout=self.timeout, follow_redirects=False, verify=verifying_tls_context()
+            )
         try:
             response = await self._client.post(self.url, content=body, headers=headers)
         except httpx.TimeoutException:

@@ -8,6 +8,8 @@ Import from here, never from the modules behind it::
   bezant_trio run``), started, signalled, killed and restarted on one
   working directory; :class:`ChildProcess` for any other program;
   :func:`run_cli` for a one-shot command.
+- :class:`LeanClient` (:mod:`bezant_trio.testing.http`): a keep-alive HTTP/1.1
+  client for the loops that poll a daemon, a fifth of httpx's CPU per request.
 - :class:`WebhookReceiver`: a real HTTP endpoint on 127.0.0.1 that records
   every request, answers as scripted (:class:`Reply`) and checks Standard
   Webhooks signatures (:func:`verify_signature`).
@@ -20,6 +22,7 @@ This package is imported by tests and benchmarks only; the daemon never imports 
 
 from __future__ import annotations
 
+from bezant_trio.testing.http import HTTPError, LeanClient, Response
 from bezant_trio.testing.process import (
     ChildProcess,
     DaemonProcess,
@@ -34,9 +37,12 @@ from bezant_trio.testing.webhook import Received, Reply, WebhookReceiver, verify
 __all__ = [
     "ChildProcess",
     "DaemonProcess",
+    "HTTPError",
+    "LeanClient",
     "ProcessExited",
     "Received",
     "Reply",
+    "Response",
     "WebhookReceiver",
     "child_env",
     "fd_count",

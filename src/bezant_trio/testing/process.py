@@ -35,6 +35,7 @@ import httpx
 import trio
 import yaml
 
+from bezant_trio.testing.http import LeanClient
 from bezant_trio.util import plain
 
 __all__ = [
@@ -271,6 +272,9 @@ class DaemonProcess:
         self.process: ChildProcess | None = None
         #: The base URL of the running daemon; None before it serves and once it is stopped.
         self.url: str | None = None
+        #: status() without a client asks through this one (one per Trio run).
+        self._client: LeanClient | None = None
+        self._client_run: object = None
 
     def __repr__(self) -> str:
         return f"<DaemonProcess {self.name} run {self.runs} url={self.url} {self.process!r}>"
@@ -361,17 +365,17 @@ class DaemonProcess:
         """
         if self.process is None:
             raise RuntimeError("the daemon was never started")
-        self.url = None
+        self._forget_connections()
         return await self.process.stop(signum, timeout=timeout)
 
     async def close(self, *, grace: float = 15) -> int | None:
         """Teardown: SIGTERM, SIGKILL after ``grace``; never raises."""
-        self.url = None
+        self._forget_connections()
         return None if self.process is None else await self.process.close(grace=grace)
 
     def kill(self) -> int | None:
         """``kill -9`` and reap (synchronous: safe in any ``finally``); the exit status."""
-        self.url = None
+        self._forget_connections()
         return None if self.process is None else self.process.kill()
 
     # ------------------------------------------------------------------ status
@@ -381,13 +385,25 @@ class DaemonProcess:
         token = http.get("token") if isinstance(http, Mapping) else None
         return {"authorization": f"Bearer {token}"} if token else {}
 
-    async def status(self, client: httpx.AsyncClient | None = None) -> dict[str, Any]:
+    def _forget_connections(self) -> None:
+        self.url = None
+        if self._client is not None:
+            self._client.close_idle()
+
+    def _own_client(self) -> LeanClient:
+        # Sockets belong to one Trio run (a sync fixture runs each step in its own).
+        run = trio.lowlevel.current_root_task()
+        if self._client is None or self._client_run is not run:
+            if self._client is not None:
+                self._client.close_idle()
+            self._client, self._client_run = LeanClient(timeout=10), run
+        return self._client
+
+    async def status(self, client: httpx.AsyncClient | LeanClient | None = None) -> dict[str, Any]:
         """``GET /events/_status`` of the running daemon (with its token, if configured)."""
         if self.url is None:
             raise RuntimeError(f"{self.name} is not serving")
-        if client is None:
-            async with httpx.AsyncClient(timeout=10) as own:
-                return await self.status(own)
+        client = client or self._own_client()
         response = await client.get(f"{self.url}/events/_status", headers=self._headers())
         response.raise_for_status()
         return response.json()
@@ -396,7 +412,7 @@ class DaemonProcess:
         self,
         predicate: Callable[[dict[str, Any]], Any],
         *,
-        client: httpx.AsyncClient | None = None,
+        client: httpx.AsyncClient | LeanClient | None = None,
         timeout: float = 30,
         poll: float = 0.02,
     ) -> dict[str, Any]:
