@@ -98,7 +98,9 @@ class Server:
                     await stream.send_all(out + payload[:5])
                     return
                 if self.mode == "chunked":
-                    out += conn.send(h11.Data(data=payload[:7])) + conn.send(h11.Data(data=payload[7:]))
+                    out += conn.send(h11.Data(data=payload[:7])) + conn.send(
+                        h11.Data(data=payload[7:])
+                    )
                 else:
                     out += conn.send(h11.Data(data=payload))
                 await stream.send_all(out + conn.send(h11.EndOfMessage()))
