@@ -23,7 +23,7 @@ def verifying_tls_context() -> ssl.SSLContext:
     """httpx's ``verify=True`` context (its CA bundle, ``SSL_CERT_FILE``), built once per process.
 
     Building one loads the CA bundle, about 56 ms of CPU; every client that
-    verifies (the gateway session's, each webhook sink's) shares this one.
+    verifies (each webhook sink's) shares this one.
     """
     import httpx  # only the clients that verify need it
 

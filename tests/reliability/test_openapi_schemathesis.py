@@ -26,6 +26,7 @@ from bezant_trio.testing import ChildProcess, DaemonProcess
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import positive_data_acceptance  # noqa: E402
+from schemathesis.transport.requests import SameHostRedirectsSession  # noqa: E402
 
 TOKEN = "schemathesis-token-1f9e"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -74,6 +75,9 @@ def test_1000_generated_requests_no_5xx_and_every_response_conforms(daemon_url: 
     schema.config.update(base_url=daemon_url)
     sent: Counter[str] = Counter()
     statuses: Counter[int] = Counter()
+    # One session for every call, as a client keeps its connections: without
+    # it each call builds a session and opens a connection of its own.
+    session = SameHostRedirectsSession()
     for result in schema.get_all_operations():
         operation = result.ok()
         if operation.path.endswith("/stream"):
@@ -88,7 +92,7 @@ def test_1000_generated_requests_no_5xx_and_every_response_conforms(daemon_url: 
             modes.append(GenerationMode.NEGATIVE)
         for mode in modes:
             examples = POSITIVE if mode is GenerationMode.POSITIVE else NEGATIVE
-            _fuzz(operation, mode, examples, fixed, sent, statuses)
+            _fuzz(operation, mode, examples, fixed, session, sent, statuses)
     total = sum(sent.values())
     print(f"schemathesis: {total} requests, statuses {dict(sorted(statuses.items()))}")
     assert total >= 1000, sent
@@ -100,6 +104,7 @@ def _fuzz(
     mode: Any,
     examples: int,
     fixed: dict[str, Any] | None,
+    session: Any,
     sent: Counter[str],
     statuses: Counter[int],
 ) -> None:
@@ -113,7 +118,7 @@ def _fuzz(
     @given(case=operation.as_strategy(generation_mode=mode, query=fixed))
     def call(case: Any) -> None:
         response = case.call_and_validate(
-            headers=AUTH, timeout=30, excluded_checks=[positive_data_acceptance]
+            session=session, headers=AUTH, timeout=30, excluded_checks=[positive_data_acceptance]
         )
         sent[f"{case.method} {case.path} {mode.value}"] += 1
         statuses[response.status_code] += 1
