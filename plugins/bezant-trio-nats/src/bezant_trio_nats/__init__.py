@@ -8,7 +8,9 @@ type. Configure it with::
       - {name: fanout, type: nats, servers: ["nats://127.0.0.1:4222"], stream: BEZANT}
 
 Modules: ``sink`` (options, ``deliver``), ``wire`` (event -> subject, headers,
-body), ``publisher`` (the nats-py side: connection, stream, acks), ``bridge``
+body), ``settings`` (what a sink is configured with), ``publisher`` (the
+nats-py side: connection, stream, acks; imported by the first NATS sink, so a
+daemon without one never loads nats-py), ``bridge``
 (the asyncio thread Trio awaits), ``testing`` (real nats-server processes).
 """
 

@@ -44,6 +44,13 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 
+from bezant_trio_nats.settings import (
+    BatchReport,
+    ConnectSettings,
+    PublishSetupError,
+    StreamSettings,
+    TlsSettings,
+)
 from bezant_trio_nats.wire import MSG_ID_HEADER, OutboundMessage
 
 __all__ = [
@@ -63,67 +70,6 @@ log = logging.getLogger(__name__)
 #: The JetStream API error code for "stream name already in use" (a create race).
 _STREAM_NAME_IN_USE = 10058
 _EXPECTED_STREAM = "Nats-Expected-Stream"
-
-
-class PublishSetupError(Exception):
-    """Connecting or preparing the stream failed; ``str()`` says what to check."""
-
-
-@dataclass(frozen=True)
-class TlsSettings:
-    """Client TLS: a CA bundle to trust (else the system's), an optional client certificate."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    #: The name to verify the server certificate against, if not the URL's host.
-    hostname: str | None = None
-
-    def context(self) -> ssl.SSLContext:
-        """A verifying client context (reads the files: call it off the Trio thread)."""
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file)
-        if self.cert_file is not None:
-            context.load_cert_chain(self.cert_file, self.key_file)
-        return context
-
-
-@dataclass(frozen=True)
-class ConnectSettings:
-    """How to reach the NATS servers."""
-
-    servers: tuple[str, ...]
-    connection_name: str
-    connect_timeout: float
-    #: A ``.creds`` file (user JWT and NKey seed).
-    creds: str | None = None
-    tls: TlsSettings | None = None
-
-
-@dataclass(frozen=True)
-class StreamSettings:
-    """The stream the sink publishes into, and whether the sink may create or update it."""
-
-    name: str
-    subjects: str
-    create: bool
-    max_age: float
-    replicas: int
-    duplicate_window: float
-
-
-@dataclass
-class BatchReport:
-    """What the server said about one batch."""
-
-    stored: int = 0
-    duplicates: int = 0
-    #: ``(label, reason)`` of every message without a positive ack.
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    #: Labels of messages whose id already names a *different* stored message.
-    collisions: list[str] = field(default_factory=list)
-    #: Messages stored after an earlier message of the same batch failed: the
-    #: retry will store that one after them (see the README, "Ordering").
-    reordered: int = 0
 
 
 class AckError(Exception):

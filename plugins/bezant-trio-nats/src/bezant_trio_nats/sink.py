@@ -23,10 +23,9 @@ from urllib.parse import urlsplit
 from bezant_trio.model import Event
 from bezant_trio.sinks import DeliveryError, Option
 from bezant_trio_nats.bridge import AsyncioThread
-from bezant_trio_nats.publisher import (
+from bezant_trio_nats.settings import (
     BatchReport,
     ConnectSettings,
-    JetStreamPublisher,
     PublishSetupError,
     StreamSettings,
     TlsSettings,
@@ -166,6 +165,9 @@ class NatsSink:
         self.stream = _check_stream(stream)
         self.subject_prefix = check_subject_prefix(subject_prefix)
         self.duplicate_window = duplicate_window
+        # nats-py is loaded here, by the first NATS sink (settings.py).
+        from bezant_trio_nats.publisher import JetStreamPublisher
+
         self._publisher = JetStreamPublisher(
             ConnectSettings(
                 servers=tuple(_check_servers(servers or ["nats://127.0.0.1:4222"])),
