@@ -70,7 +70,10 @@ async def _daemon(
     assert hub is not None and daemon.http is not None and daemon.http.fast_polls.enabled
     await _fill(hub)
     _want(daemon.wants)
-    await wait_until(lambda: hub.head("gap") == 1)  # with the log: once committed
+    # With the log, each topic's events are visible once its own batch is
+    # committed: wait for every head _fill names, not just one.
+    heads = {"orders": 6, "pnl": 4, "marketdata:265598": 3, "ntf": 7, "gap": 1}
+    await wait_until(lambda: all(hub.head(t) == n for t, n in heads.items()))
     return daemon
 
 
