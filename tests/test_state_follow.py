@@ -44,7 +44,7 @@ async def test_take_the_state_restart_the_daemon_then_follow(
     )
     try:
         async with httpx.AsyncClient(timeout=40) as client:
-            with trio.fail_after(90):
+            with trio.fail_after(50):  # inside the 60 s of pytest-timeout
                 url = await daemon.start()
                 await sim.wait_subscribed("orders", timeout=10)
                 await sim.emit_orders(4)  # order A: new, submitted, filled; order B: new
@@ -75,16 +75,24 @@ async def test_take_the_state_restart_the_daemon_then_follow(
 
                 # ... and follows from the state's cursor until it has seen the fill.
                 seen: list[int] = []
-                while items.get(order_b, {}).get("status") != "Filled":
-                    reply = await client.get(
-                        f"{url}/events/orders", params={"since": cursor, "wait": 5}
-                    )
-                    assert reply.status_code in (200, 204), reply.text
-                    if reply.status_code == 200:
-                        for event in reply.json()["events"]:
-                            seen.append(event["cursor"])
-                            _merge(items, event)
-                        cursor = reply.json()["next_cursor"]
+                try:
+                    with trio.fail_after(20):
+                        while items.get(order_b, {}).get("status") != "Filled":
+                            reply = await client.get(
+                                f"{url}/events/orders", params={"since": cursor, "wait": 5}
+                            )
+                            assert reply.status_code in (200, 204), reply.text
+                            if reply.status_code == 200:
+                                for event in reply.json()["events"]:
+                                    seen.append(event["cursor"])
+                                    _merge(items, event)
+                                cursor = reply.json()["next_cursor"]
+                except trio.TooSlowError:
+                    raise AssertionError(
+                        f"order {order_b} not seen filled within 20 s: truth "
+                        f"{sim.truth.orders}, bot {items}, cursors seen {seen}, status "
+                        f"{await daemon.status()}\n{daemon.log_text(all_runs=True)[-3000:]}"
+                    ) from None
                 final = (await client.get(f"{url}/state/orders")).json()
                 quotes = (
                     await client.get(f"{url}/state/marketdata", params={"conid": 265598})

@@ -205,3 +205,68 @@ async def test_an_empty_forced_orders_answer_is_asked_again_plainly(autojump_clo
     (event,) = resyncer.published
     assert event.payload["source"] == "/iserver/account/orders"
     assert event.payload["data"]["orders"][0]["orderId"] == 9
+
+
+async def test_an_orders_answer_older_than_updates_captured_meanwhile_never_takes_an_order_back(
+    autojump_clock: object,
+) -> None:
+    # The gateway answers from what it held when the call arrived: order 7
+    # PreSubmitted. While the answer travels, the stream carries its fill,
+    # which the daemon publishes first. The resync, published after the fill,
+    # must not undo it, for a bot merging in cursor order nor for /state/orders.
+    hub = Hub(capacity_of())
+    await hub.open()
+    snapshot = {
+        "orders": [
+            {"orderId": 7, "status": "PreSubmitted", "filledQuantity": 0.0, "ticker": "AAPL"},
+            {"orderId": 8, "status": "Submitted", "filledQuantity": 0.0},
+        ],
+        "snapshot": True,
+    }
+    hub.publish("orders", {"topic": "sor", "args": [{"orderId": 7, "status": "PreSubmitted"}]})
+
+    class _FillWhileAsked(_CountingSession):
+        async def get_json(self, path: str, *, params: dict[str, str] | None = None) -> Any:
+            answer = orjson.loads(orjson.dumps(snapshot))  # taken as the call arrives
+            await trio.sleep(0.3)  # ... while the answer travels, the stream goes on:
+            hub.publish(
+                "orders",
+                {
+                    "topic": "sor",
+                    "args": [{"orderId": 7, "status": "Filled", "filledQuantity": 100.0}],
+                },
+            )
+            hub.publish("orders", {"topic": "sor", "args": [{"orderId": 9, "status": "Submitted"}]})
+            await trio.sleep(0.3)
+            self.calls.append((trio.current_time(), path, ()))
+            return answer
+
+    resyncer = Resyncer(hub, _FillWhileAsked({}), ["orders"])  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(resyncer.run)
+        resyncer.request()
+        await wait_until(lambda: resyncer.completed == 1)
+        nursery.cancel_scope.cancel()
+    (event,) = resyncer.published
+    assert event.cursor == 4  # after the fill (2) and order 9 (3)
+    records = {r["orderId"]: r for r in event.payload["data"]["orders"]}
+    assert records[7] == {
+        "orderId": 7, "status": "Filled", "filledQuantity": 100.0, "ticker": "AAPL"
+    }  # fmt: skip
+    assert records[8]["status"] == "Submitted"
+    assert 9 not in records  # not in the answer: the stream gave it already
+    # A bot merging every event in cursor order ends where the gateway is.
+    bot: dict[int, dict[str, Any]] = {}
+    for e in _ring_events(hub, "orders"):
+        payload = e.payload
+        listed = payload["data"]["orders"] if payload.get("reason") == "resync" else payload["args"]
+        for record in listed:
+            bot.setdefault(record["orderId"], {}).update(record)
+    assert bot[7]["status"] == "Filled" and bot[9]["status"] == "Submitted"
+    # And so does the daemon's own view.
+    assert hub.state.orders.items["7"]["status"] == "Filled"
+
+
+def _ring_events(hub: Hub, topic: str) -> list[Any]:
+    ring = hub._rings.get(topic)
+    return ring.events() if ring is not None else []

@@ -15,7 +15,8 @@ connector asks for a resync; :class:`Resyncer` fetches, per captured topic,
 - ``trades``: ``GET /iserver/account/trades``,
 - ``pnl``: ``GET /iserver/account/pnl/partitioned``,
 
-and publishes each answer as one event in its topic:
+and publishes each answer as one event in its topic (the orders answer with
+the ``sor`` updates captured while it was asked applied: :func:`with_updates`):
 ``{"reason": "resync", "source", "new_reset_epoch", "data": <the body>}``. A
 fetch that fails is retried with backoff; one that cannot be had gives
 ``{"reason": "resync_failed", "source", "new_reset_epoch", "error"}``
@@ -35,6 +36,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -43,7 +45,7 @@ from bezant_trio.model import Event
 from bezant_trio.store.hub import Hub
 from bezant_trio.util import backoff_delay
 
-__all__ = ["RESYNC_SOURCES", "ResyncSource", "Resyncer"]
+__all__ = ["RESYNC_SOURCES", "ResyncSource", "Resyncer", "with_updates"]
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +156,7 @@ class Resyncer:
         error = "not tried"
         for attempt in range(1, self.attempts + 1):
             await self.pacer.wait_turn(source.path)
+            asked_after = self.hub.assigned(source.topic)
             try:
                 body = await self.session.get_json(source.path, params=dict(source.params))
             except GatewayError as exc:
@@ -173,6 +176,8 @@ class Resyncer:
                 plain = ResyncSource(source.topic, source.path)
                 await self._resync(plain)
                 return
+            if source.topic == "orders":
+                body = with_updates(body, self.hub.published_since("orders", asked_after))
             self._publish(source, {"reason": "resync", "data": body})
             return
         if self._on_failed is not None:
@@ -187,6 +192,40 @@ class Resyncer:
             **{k: v for k, v in fields.items() if k != "reason"},
         }
         self.published.append(self.hub.publish(source.topic, payload))
+
+
+def with_updates(body: Any, events: Sequence[Event]) -> Any:
+    """The orders answer ``body`` with the ``sor`` updates in ``events`` applied to it.
+
+    The gateway answers from what it held when the call arrived; the stream
+    may carry newer updates of the same orders while the answer travels, and
+    the daemon publishes those first. Published as it came, the answer would
+    follow them and take those orders back (a fill undone until the next
+    update). Each update captured since the call was sent is applied, in
+    cursor order, to the record of its order: snapshot-then-updates, at the
+    resync's place in the stream. Orders the answer does not list are left
+    alone (the stream has given them already).
+    """
+    orders = body.get("orders") if isinstance(body, dict) else body
+    if not isinstance(orders, list) or not events:
+        return body
+    records: dict[str, dict[str, Any]] = {}
+    for record in orders:
+        if isinstance(record, dict) and "orderId" in record:
+            records[str(record["orderId"])] = record
+    for event in events:
+        payload = event.payload
+        args = (
+            payload.get("args") if isinstance(payload, dict) and "reason" not in payload else None
+        )
+        if not isinstance(args, list):
+            continue
+        for update in args:
+            if isinstance(update, dict) and "orderId" in update:
+                record = records.get(str(update["orderId"]))
+                if record is not None:
+                    record.update(update)
+    return body
 
 
 def _is_empty(body: object) -> bool:

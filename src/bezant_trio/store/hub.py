@@ -448,6 +448,27 @@ class Hub:
         ring = self._rings.get(topic)
         return ring.last if ring is not None else 0
 
+    def assigned(self, topic: str) -> int:
+        """The newest cursor given to an event of ``topic``, visible or not yet (0 if none)."""
+        return self._assigned.get(topic, 0)
+
+    def published_since(self, topic: str, since: int) -> list[Event]:
+        """Events of ``topic`` published after cursor ``since``, visible or still
+        waiting for their commit, oldest first; from memory only (what the ring
+        no longer holds is not among them)."""
+        found: dict[int, Event] = {}
+        ring = self._rings.get(topic)
+        if ring is not None and len(ring):
+            start = max(since, ring.first - 1)
+            for event in ring.read_since(start, len(ring)).events:
+                found[event.cursor] = event
+        in_flight = self._in_flight or {}
+        for queue in (in_flight.get(topic, ()), self._pending.get(topic, ())):
+            for event in queue:
+                if event.cursor > since:
+                    found[event.cursor] = event
+        return [found[cursor] for cursor in sorted(found)]
+
     def topics(self) -> list[str]:
         """Every topic that has visible events, sorted."""
         return sorted(self._rings)
