@@ -59,7 +59,7 @@ def pytest_configure(config: pytest.Config) -> None:
 SEEDS: dict[str, int] = {
     "test_chaos_60s": 1641214162,
     "test_chaos_10_minutes": 3488543417,
-    "test_soak_ci_one_minute": 942206386,
+    "test_soak_ci": 942206386,
     "test_soak_1_hour": 920226023,
     "test_random_config_files_give_a_config_or_one_line_and_exit_2": 2643791927,
     "test_atheris_coverage_guided_fuzzing_finds_no_crash": 1,

@@ -4,10 +4,17 @@ A real daemon process (SQLite log, a webhook sink and a file sink) against the
 in-process simulator streaming 500 events/s over orders, PnL, trades and two
 market-data conids, polled by 50 HTTP clients: one recording poller per topic
 that keeps the seqs it saw, and load pollers that check order on the fly. The
-gateway drops the connection every 30 s (CI, 2 minute run) or every 2 minutes
-(``BEZANT_SOAK=1``, 1 hour). The daemon's RSS and open file descriptors are
-sampled throughout; after a warm-up (rings filling, caches growing) their
-slope is reported and must stay flat.
+gateway drops the connection every 20 s (CI) or every 2 minutes
+(``BEZANT_SOAK=1``, 1 hour). After a warm-up (rings filling, caches growing)
+the daemon is brought to rest and its live allocator blocks counted; then a
+measured stretch of load, rest, count again: what a leak keeps shows as
+blocks per frame. Open descriptors may not ratchet either.
+
+CI's size is what finds a leak, no more: a warm-up until every ring is full
+(12 s), then at least ``MEASURED_FRAMES`` frames with a drop inside (about
+25 s). Its loss checks repeat what chaos proves under faults, so it is not
+made longer for them (tests/README.md, "Lanes and time"); the hour keeps
+everything.
 """
 
 from __future__ import annotations
@@ -281,9 +288,11 @@ async def _soak(rig: Rig, seed: int, *, warm_up: float, measured: float, drop_ev
         assert rss_slope < 1024, rss_slope
 
 
-@pytest.mark.timeout(300)  # 60 s of load, two rests, start and stop (tests/README.md)
-async def test_soak_ci_one_minute(rig: Rig, seed: int, tmp_path: Path) -> None:
-    await _soak(rig, seed, warm_up=20, measured=30, drop_every=20)
+@pytest.mark.timeout(300)  # about 40 s of load, two rests, start and stop (tests/README.md)
+async def test_soak_ci(rig: Rig, seed: int, tmp_path: Path) -> None:
+    # The measured stretch lasts MEASURED_FRAMES frames (24 s at 500/s) and
+    # holds the drop at 20 s: what a reconnect leaves behind is measured too.
+    await _soak(rig, seed, warm_up=12, measured=24, drop_every=20)
 
 
 @pytest.mark.soak
