@@ -101,7 +101,17 @@ async def test_fills_from_the_gateway_simulator_reach_the_csv(
         )
         await bezant_gateway_simulator.wait_subscribed("orders")
         await bezant_gateway_simulator.emit_orders(6)  # two orders: ... -> Filled each
-        await daemon.sinks.wait_status("fills", lambda s: s["checkpoints"].get("orders", 0) >= 6)
+        # The topic also holds the daemon's own resync event, before or among
+        # the six: wait for the six frames, then for the sink to reach the head.
+        while await _sor_frames(daemon.hub) < 6:
+            await daemon.hub.wait("orders", daemon.hub.head("orders"), 1)
+        head = daemon.hub.head("orders")
+        await daemon.sinks.wait_status("fills", lambda s: s["checkpoints"].get("orders", 0) >= head)
     rows = _rows(path)
     assert [r["kind"] for r in rows] == ["order_filled", "order_filled"]
     assert len({r["order_id"] for r in rows}) == 2
+
+
+async def _sor_frames(hub) -> int:
+    read = await hub.read("orders", 0, 1000)
+    return sum(1 for event in read.events if event.payload.get("topic") == "sor")

@@ -38,14 +38,16 @@ import hmac
 import secrets
 import time
 import urllib.parse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 
 from bezant_trio.model import Event
 from bezant_trio.sinks.interface import DeliveryError, Option, SinkDisabled, event_id
 from bezant_trio.util import first_line, verifying_tls_context
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["WebhookSink", "decode_secret", "sign"]
 
@@ -185,6 +187,10 @@ class WebhookSink:
         }
         if self._key is not None:
             headers["webhook-signature"] = sign(self._key, msg_id, timestamp, body)
+        # httpx is imported by the first delivery: checking a config
+        # (``bezant-trio check-config``) never loads it.
+        import httpx
+
         if self._client is None:
             self._client = httpx.AsyncClient(
                 timeout=self.timeout, follow_redirects=False, verify=verifying_tls_context()
