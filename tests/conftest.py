@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import random
 import shlex
-import ssl
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
@@ -36,7 +35,7 @@ from bezant_trio.http.app import create_app
 from bezant_trio.http.context import HttpContext
 from bezant_trio.http.server import serve_http
 from bezant_trio.store.hub import Hub
-from helpers import capacity_of
+from helpers import SSL_CONTEXT, capacity_of
 
 # ------------------------------------------------------------------ determinism
 
@@ -178,11 +177,6 @@ async def serve(nursery: trio.Nursery) -> AsyncIterator[ServeFn]:
     yield _serve
     for stop in stops:
         stop.set()
-
-
-#: One TLS context for every test's httpx client: building one loads the CA
-#: bundle, 56 ms of CPU per client (the daemons here speak plain HTTP anyway).
-SSL_CONTEXT = ssl.create_default_context()
 
 
 @pytest.fixture

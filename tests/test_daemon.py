@@ -14,7 +14,7 @@ from bezant_trio.config import config_from_mapping
 from bezant_trio.daemon import Daemon, StartupError, open_daemon
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.testing import DaemonProcess, run_cli
-from helpers import wait_until
+from helpers import SSL_CONTEXT, wait_until
 
 #: A bound for one step that takes milliseconds when it works (a prune pass,
 #: a wake-up): a broken loop fails in seconds, not at the test's own bound.
@@ -39,7 +39,7 @@ async def test_status_and_health_of_a_connected_daemon(nursery: trio.Nursery) ->
         await sim.wait_subscribed("orders", timeout=10)
         await sim.emit_orders(2)
         await wait_until(lambda: daemon.hub.head("orders") == 2)
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT) as client:
             status = (await client.get(f"{daemon.http_url}/events/_status")).json()
             health = (await client.get(f"{daemon.http_url}/health")).json()
     for key in (
@@ -89,7 +89,7 @@ async def test_sigterm_answers_long_polls_and_exits_zero_before_its_deadline(
     )
     try:
         url = await daemon.start()
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=30) as client:
             assert (await client.get(f"{url}/events/_status")).status_code == 200
             answers: list[int] = []
 
@@ -153,7 +153,10 @@ async def test_the_retention_loop_prunes_the_log_and_pollers_get_412_at_the_olde
         env={},
     )
     with trio.fail_after(20):
-        async with open_daemon(config, connect=False) as daemon, httpx.AsyncClient() as client:
+        async with (
+            open_daemon(config, connect=False) as daemon,
+            httpx.AsyncClient(verify=SSL_CONTEXT) as client,
+        ):
             hub, url = daemon.hub, daemon.http_url
             assert hub is not None and url is not None
             for i in range(500):

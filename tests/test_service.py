@@ -27,7 +27,7 @@ from bezant_trio.daemon import Daemon
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.store.log import EventLog
 from bezant_trio.testing import DaemonProcess, Received, WebhookReceiver
-from helpers import wait_until
+from helpers import SSL_CONTEXT, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,7 +160,7 @@ async def test_sighup_adds_and_removes_sinks_live_rejects_a_bad_config_and_reope
             await sim.wait_subscribed("orders", timeout=10)
             await sim.emit_orders(2)
             await wait_until(lambda: len(_file_lines(first)) == 2)
-            async with httpx.AsyncClient(timeout=10) as client:
+            async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
                 # Swap "first" for "second" without a restart.
                 config["sinks"] = [
                     {"name": "second", "type": "file", "topics": ["orders"], "path": str(second)}
@@ -208,7 +208,7 @@ async def test_health_is_503_while_starting_or_stopping_and_200_degraded_when_di
     assert daemon._health() == (503, {"status": "starting"})
     with trio.fail_after(20):
         await nursery.start(daemon.run)
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
             response = await client.get(f"{daemon.http_url}/health")
             assert response.status_code == 200
             assert response.json() == {"status": "degraded", "connected": False, "log": None}
@@ -228,7 +228,7 @@ async def test_health_needs_no_token_and_reports_the_log(tmp_path: Path, nursery
     daemon = Daemon(config, connect=False)
     with trio.fail_after(20):
         await nursery.start(daemon.run)
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
             response = await client.get(f"{daemon.http_url}/health")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "connected": False, "log": "ok"}
@@ -345,7 +345,7 @@ async def test_daemon_process_logs_for_journald_without_the_token(tmp_path: Path
     try:
         with trio.fail_after(30):
             url = await daemon.start()
-            async with httpx.AsyncClient(timeout=10) as client:
+            async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
                 # An invalid bearer is echoed nowhere, even at debug level.
                 await client.get(
                     f"{url}/events/_status",
@@ -452,7 +452,7 @@ async def test_make_pyz_builds_one_file_that_runs_on_a_bare_python(tmp_path: Pat
             )
             match = re.search(r"serving on (http://\S+)", log_path.read_text())
             assert match is not None, log_path.read_text()
-            async with httpx.AsyncClient(timeout=10) as client:
+            async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
                 health = await client.get(f"{match.group(1)}/health")
                 metrics = await client.get(f"{match.group(1)}/metrics")
             assert health.status_code == 200 and metrics.status_code == 200

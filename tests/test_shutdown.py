@@ -23,7 +23,7 @@ from bezant_trio.cpapi.connector import DRAIN_TIMEOUT
 from bezant_trio.daemon import open_daemon
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.testing import DaemonProcess, WebhookReceiver
-from helpers import wait_until
+from helpers import SSL_CONTEXT, wait_until
 
 GRACE = 3.0
 #: What may come on top of the grace: process exit, the log's close, the poll of the wait.
@@ -62,7 +62,7 @@ async def test_sigterm_with_everything_slow_ends_by_the_deadline_cleanly(
             answered: list[int] = []
 
             async def long_poll() -> None:
-                async with httpx.AsyncClient(timeout=30) as client:
+                async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=30) as client:
                     reply = await client.get(f"{url}/events/gap", params={"since": 99, "wait": 30})
                     answered.append(reply.status_code)
 
@@ -104,7 +104,7 @@ async def test_sigterm_with_everything_slow_ends_by_the_deadline_cleanly(
 
 async def _wait_in_flight(url: str, count: int) -> None:
     """Until the daemon answers ``count`` requests at once (no event crosses the process)."""
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
         while True:
             text = (await client.get(f"{url}/metrics")).text
             line = next(

@@ -17,6 +17,7 @@ import trio
 
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.testing import DaemonProcess
+from helpers import SSL_CONTEXT
 
 
 def _merge(items: dict[str, dict[str, Any]], event: dict[str, Any]) -> None:
@@ -43,7 +44,7 @@ async def test_take_the_state_restart_the_daemon_then_follow(
         },
     )
     try:
-        async with httpx.AsyncClient(timeout=40) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=40) as client:
             with trio.fail_after(50):  # inside the 60 s of pytest-timeout
                 url = await daemon.start()
                 await sim.wait_subscribed("orders", timeout=10)

@@ -31,7 +31,7 @@ from bezant_trio.store.hub import Hub
 from bezant_trio.store.log import EventLog
 from bezant_trio.systemd import SystemdNotifier, WriterHealth
 from bezant_trio.testing import DaemonProcess
-from helpers import capacity_of, wall_clock_bound
+from helpers import SSL_CONTEXT, capacity_of, wall_clock_bound
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "bezant-trio.service"
@@ -314,7 +314,7 @@ async def test_daemon_process_notifies_ready_after_bind_watchdog_reload_and_stop
             # READY=1 means serving: the socket is bound and answers right away.
             match = re.search(r"serving on (http://\S+)", daemon.log_text())
             assert match is not None, daemon.log_text()
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(verify=SSL_CONTEXT) as client:
                 health = await client.get(f"{match.group(1)}/health")
             assert health.status_code == 200
             assert "STATUS" in fake.with_field("READY")[0][1]
@@ -442,7 +442,7 @@ async def test_daemon_serves_under_memory_deny_write_execute(tmp_path: Path) -> 
     try:
         with trio.fail_after(30):
             url = await daemon.start()
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(verify=SSL_CONTEXT) as client:
                 for path in ("/health", "/metrics", "/events/gap?since=0", "/events/_status"):
                     response = await client.get(url + path)
                     assert response.status_code == 200, (path, response.text)

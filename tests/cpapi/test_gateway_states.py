@@ -17,7 +17,7 @@ import trio
 from bezant_trio.config import config_from_mapping
 from bezant_trio.daemon import Daemon, open_daemon
 from bezant_trio.simulator import GatewaySimulator
-from helpers import serve_daemon, wait_until
+from helpers import SSL_CONTEXT, serve_daemon, wait_until
 
 
 class HangingGateway:
@@ -67,7 +67,7 @@ def daemon_at(nursery: trio.Nursery) -> Any:
 
 
 async def _get(daemon: Daemon, path: str) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
         return await client.get(f"{daemon.http_url}{path}")
 
 

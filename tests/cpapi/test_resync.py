@@ -24,7 +24,7 @@ from bezant_trio.cpapi.session import GatewaySession
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.simulator import frames as sim_frames
 from bezant_trio.store.hub import Hub
-from helpers import capacity_of, serve_daemon, wait_until
+from helpers import SSL_CONTEXT, capacity_of, serve_daemon, wait_until
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ async def test_a_resync_after_a_drop_gives_back_what_the_stream_missed(
         await sim.drop_connections("abrupt")
         await wait_until(lambda: hub.reset_epoch > epoch and len(_resyncs(hub, "orders")) == 2)
         await wait_until(lambda: len(_resyncs(hub, "pnl")) == 2)
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
             state = (await client.get(f"{daemon.http_url}/state/orders")).json()
             events = (await client.get(f"{daemon.http_url}/events/orders?since=0")).json()
     resync = _resyncs(hub, "orders")[-1]

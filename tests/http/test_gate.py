@@ -30,7 +30,7 @@ from bezant_trio.http import HttpLimits, HttpService
 from bezant_trio.store.hub import Hub
 from bezant_trio.wants import Wants
 from h2raw import RawH2
-from helpers import capacity_of, wait_until
+from helpers import SSL_CONTEXT, capacity_of, wait_until
 
 
 async def _hub() -> Hub:
@@ -159,7 +159,7 @@ async def test_an_http2_body_on_a_long_poll_is_dropped_then_cut_at_64_kib(
             # No content-length: over HTTP/2 only the DATA frames say there is a body.
             sent = await conn.stream_body(sid, 100 * 1024 * 1024)
             await conn.responses[sid].ended.wait()
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT) as client:
             after = await client.get(f"{service.url}/events/orders?since=0")
         await wait_until(lambda: service.in_flight == 0)
     response = conn.responses[sid]
@@ -200,7 +200,9 @@ async def test_requests_beyond_max_streams_get_503_and_health_still_answers(
     hub = await _hub()
     service = await start_service(nursery, hub, limits=HttpLimits(max_streams=3))
     with trio.fail_after(20):
-        async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+        async with httpx.AsyncClient(
+            verify=SSL_CONTEXT, base_url=service.url, timeout=10
+        ) as client:
             async with trio.open_nursery() as polls:
                 answers: list[httpx.Response] = []
 

@@ -18,6 +18,7 @@ from bezant_trio.config import ConfigError, config_from_mapping
 from bezant_trio.http.hosts import HostPolicy
 from bezant_trio.wants import Wants
 from h2raw import RawH2
+from helpers import SSL_CONTEXT
 
 ATTACKER = "attacker.example"
 
@@ -91,7 +92,7 @@ async def test_a_rebound_host_cannot_read_any_route_without_a_token(nursery: tri
         service.ctx.hub.publish("orders", {"account": "U1234567", "orderId": 1})
         url = service.url
         host = f"{ATTACKER}:{address(url)[1]}"
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
             for path in [
                 "/events/orders?since=0",  # the fast path
                 "/events/orders?since=0&wait=1",
@@ -120,7 +121,9 @@ async def test_cross_site_requests_from_a_browser_do_not_subscribe_conids(
     wants = Wants(10)
     with trio.fail_after(20):
         service = await start_service(nursery, wants=wants)
-        async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+        async with httpx.AsyncClient(
+            verify=SSL_CONTEXT, base_url=service.url, timeout=10
+        ) as client:
             # <img src="http://127.0.0.1:8080/events/marketdata?conid=8314">
             img = await client.get(
                 "/events/marketdata?conid=8314", headers={"sec-fetch-site": "cross-site"}
@@ -146,7 +149,7 @@ async def test_allowed_hosts_are_answered_and_a_token_lifts_the_check(
     with trio.fail_after(20):
         named = await start_service(nursery, allowed_hosts=("bezant.local",))
         tokened = await start_service(nursery, token="s3cret-token")
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
             by_name = await client.get(
                 f"{named.url}/events/orders", headers={"host": "bezant.local:8080"}
             )
@@ -163,7 +166,9 @@ async def test_allowed_hosts_are_answered_and_a_token_lifts_the_check(
 async def test_no_cors_headers_and_no_preflight_answer(nursery: trio.Nursery) -> None:
     with trio.fail_after(20):
         service = await start_service(nursery)
-        async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+        async with httpx.AsyncClient(
+            verify=SSL_CONTEXT, base_url=service.url, timeout=10
+        ) as client:
             answers = [
                 await client.get("/events/orders", headers={"origin": "http://localhost:3000"}),
                 await client.get("/events/_status", headers={"origin": "http://localhost:3000"}),

@@ -15,7 +15,7 @@ from bezant_trio.http.context import HttpContext
 from bezant_trio.model import GapReason
 from bezant_trio.store.hub import Hub
 from bezant_trio.wants import Wants
-from helpers import wait_until
+from helpers import SSL_CONTEXT, wait_until
 
 
 async def _url(serve, hub: Hub | None, **kw) -> str:  # type: ignore[no-untyped-def]
@@ -357,7 +357,7 @@ async def test_huge_query_string_is_rejected_and_daemon_keeps_serving(serve, hub
             reply = b""
         await stream.aclose()
         assert reply == b"" or reply.split(b" ")[1].startswith(b"4")
-        async with httpx.AsyncClient() as c:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT) as c:
             assert (await c.get(f"{base}/events/orders")).status_code == 200
 
 

@@ -30,7 +30,7 @@ from bezant_trio.http.fastpath import FastPolls
 from bezant_trio.model import GapReason
 from bezant_trio.store.hub import Hub
 from bezant_trio.wants import Wants
-from helpers import capacity_of, examples, wait_until
+from helpers import SSL_CONTEXT, capacity_of, examples, wait_until
 
 TOKEN = "s3cret"
 _DATE = re.compile(rb"(?im)^date: [^\r\n]*\r\n")
@@ -336,7 +336,7 @@ async def test_a_valid_poll_takes_the_fast_path_and_a_bad_one_goes_to_quart(
     with trio.fail_after(30):
         daemon = await _daemon(nursery)
         polls = daemon.http.fast_polls
-        async with httpx.AsyncClient(timeout=20) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=20) as client:
             good = await client.get(f"{daemon.http_url}/events/orders?since=4")
             assert (polls.answered, polls.passed_on) == (1, 0)
             bad = await client.get(f"{daemon.http_url}/events/orders?since=-4")
@@ -434,7 +434,7 @@ async def test_parked_fast_polls_are_in_flight_and_answered_at_shutdown() -> Non
             daemon = await _daemon(nursery)
 
             async def stop() -> None:
-                async with httpx.AsyncClient() as client:
+                async with httpx.AsyncClient(verify=SSL_CONTEXT) as client:
                     metrics = await client.get(f"{daemon.http_url}/metrics")
                 # the two parked polls and this scrape
                 assert _sample(metrics.text, "bezant_http_requests_in_flight") == 3
@@ -465,7 +465,7 @@ async def test_a_client_gone_from_a_long_poll_is_forgotten_on_both_paths(
             assert _delta(before, daemon.http.metrics.http_requests) == {}
         polls.enabled = True
         assert polls.answered == 0
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT) as client:
             while True:  # the cancelled requests leave the in-flight count soon after
                 metrics = await client.get(f"{url}/metrics")
                 if _sample(metrics.text, "bezant_http_requests_in_flight") == 1:

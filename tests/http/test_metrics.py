@@ -19,7 +19,7 @@ from bezant_trio.http.metrics import DaemonMetrics
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.store.hub import Hub
 from bezant_trio.store.log import EventLog
-from helpers import capacity_of, wait_until
+from helpers import SSL_CONTEXT, capacity_of, wait_until
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -138,7 +138,10 @@ async def test_daemon_metrics_show_gateway_frames_sinks_and_waiters(nursery: tri
         await sim.wait_subscribed("orders", timeout=10)
         await sim.emit_orders(4)
         await daemon.sinks.sinks["rec"].wait_for(4)
-        async with httpx.AsyncClient(timeout=10) as client, trio.open_nursery() as polls:
+        async with (
+            httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client,
+            trio.open_nursery() as polls,
+        ):
 
             async def long_poll() -> None:
                 # Polls again whenever an event (a pnl frame the stream sends) answers it.
@@ -188,7 +191,7 @@ async def test_made_up_methods_and_paths_do_not_become_label_values(
                 f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n".encode(),
             )
             assert status_of(answer) in (401, 404, 405), answer[:100]
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
             response = await client.get(
                 f"{service.url}/metrics", headers={"authorization": "Bearer s3cret-token"}
             )

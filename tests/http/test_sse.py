@@ -23,7 +23,7 @@ from bezant_trio.http.server import serve_http
 from bezant_trio.http.sse import SseSettings, SseStreams
 from bezant_trio.store.hub import Hub
 from bezant_trio.wants import Wants
-from helpers import capacity_of, wait_until
+from helpers import SSL_CONTEXT, capacity_of, wait_until
 
 
 class Message(dict):
@@ -78,7 +78,7 @@ async def test_stream_sends_id_event_and_the_events_json(serve, hub: Hub) -> Non
     with trio.fail_after(10):
         base = await _serve_hub(serve, hub)
         async with (
-            httpx.AsyncClient(timeout=10) as client,
+            httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client,
             client.stream("GET", f"{base}/events/orders/stream?since=0") as response,
         ):
             assert response.status_code == 200
@@ -95,7 +95,7 @@ async def test_stream_delivers_live_events_and_heartbeats_when_idle(serve, hub: 
     with trio.fail_after(10):
         base = await _serve_hub(serve, hub, streams=streams)
         async with (
-            httpx.AsyncClient(timeout=10) as client,
+            httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client,
             client.stream("GET", f"{base}/events/orders/stream") as response,
         ):
             messages = sse_messages(response)
@@ -118,7 +118,7 @@ async def test_last_event_id_header_wins_over_since(serve, hub: Hub) -> None:
     with trio.fail_after(10):
         base = await _serve_hub(serve, hub)
         async with (
-            httpx.AsyncClient(timeout=10) as client,
+            httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client,
             client.stream(
                 "GET", f"{base}/events/orders/stream?since=0", headers={"last-event-id": "3"}
             ) as response,
@@ -141,7 +141,10 @@ async def test_resume_with_last_event_id_loses_nothing_across_20_reconnects(
                 if i % 10 == 0:
                     await trio.lowlevel.checkpoint()  # interleave with the reader
 
-        async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10) as client:
+        async with (
+            trio.open_nursery() as nursery,
+            httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client,
+        ):
             nursery.start_soon(publish)
             last_id: str | None = None
             for attempt in range(21):
@@ -180,7 +183,7 @@ async def test_resume_with_last_event_id_reads_from_the_log_across_a_restart(
         env={},
     )
     with trio.fail_after(30):
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
             async with open_daemon(config, connect=False) as daemon:
                 hub = daemon.hub
                 assert hub is not None
@@ -227,7 +230,7 @@ async def test_expired_cursor_gets_a_gap_message_and_resumes_at_the_oldest_kept(
     with trio.fail_after(10):
         base = await _serve_hub(serve, hub)
         async with (
-            httpx.AsyncClient(timeout=10) as client,
+            httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client,
             client.stream("GET", f"{base}/events/orders/stream?since=2") as response,
         ):
             gap, *kept = await messages_with_ids(response, 4)
@@ -248,7 +251,7 @@ async def test_a_cursor_from_before_a_memory_only_restart_resumes_from_zero(serv
     with trio.fail_after(10):
         base = await _serve_hub(serve, hub)
         async with (
-            httpx.AsyncClient(timeout=10) as client,
+            httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client,
             client.stream(
                 "GET", f"{base}/events/orders/stream", headers={"last-event-id": "500"}
             ) as response,
@@ -271,7 +274,7 @@ async def test_bad_stream_requests_get_the_error_envelope(
 ) -> None:
     with trio.fail_after(10):
         base = await _serve_hub(serve, hub)
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
             response = await client.get(base + path, headers=headers)
     assert response.status_code == status and response.json()["code"] == code
 
@@ -280,7 +283,7 @@ async def test_stream_needs_the_token_and_reports_disabled_capture(serve, hub: H
     with trio.fail_after(10):
         base = await _serve_hub(serve, hub, token="s3cret-token")
         disabled = await _serve_hub(serve, None)
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
             unauthorized = await client.get(f"{base}/events/orders/stream")
             no_hub = await client.get(f"{disabled}/events/orders/stream")
             async with client.stream(
@@ -298,7 +301,7 @@ async def test_marketdata_stream_wants_its_conid(serve, hub: Hub) -> None:
     with trio.fail_after(10):
         base = await _serve_hub(serve, hub, wants=wants)
         async with (
-            httpx.AsyncClient(timeout=10) as client,
+            httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client,
             client.stream("GET", f"{base}/events/marketdata:265598/stream") as response,
         ):
             assert response.status_code == 200
@@ -309,7 +312,7 @@ async def test_streams_end_promptly_when_the_hub_closes(serve, hub: Hub) -> None
     streams = SseStreams()  # 15 s heartbeats: only the shutdown can end it early
     with trio.fail_after(5):
         base = await _serve_hub(serve, hub, streams=streams)
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
             async with client.stream("GET", f"{base}/events/orders/stream") as response:
                 messages = sse_messages(response)
                 await anext(messages)
@@ -413,7 +416,7 @@ async def test_daemon_stop_ends_open_streams_at_once(nursery: trio.Nursery) -> N
         await nursery.start(run)
         daemon.hub.publish("orders", {"i": 1})
         async with (
-            httpx.AsyncClient(timeout=10) as client,
+            httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client,
             client.stream("GET", f"{daemon.http_url}/events/orders/stream") as response,
         ):
             messages = sse_messages(response)

@@ -25,7 +25,7 @@ import trio
 from bezant_trio.config import config_from_mapping
 from bezant_trio.daemon import open_daemon
 from bezant_trio.testing import DaemonProcess
-from helpers import wait_until
+from helpers import SSL_CONTEXT, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 REALGW_URL = os.environ.get("REALGW_URL")
@@ -88,7 +88,7 @@ async def test_the_real_gateway_offline_is_unreachable_in_words() -> None:
             connector = daemon.connector
             assert connector is not None
             await wait_until(lambda: connector.failures["timeout"] >= 2, poll=0.05)
-            async with httpx.AsyncClient(timeout=10) as client:
+            async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
                 status = (await client.get(f"{daemon.http_url}/events/_status")).json()
                 ready = await client.get(f"{daemon.http_url}/health/ready")
     assert status["state"] == "gateway_unreachable"
@@ -113,7 +113,7 @@ async def test_sigterm_while_the_real_gateway_hangs_exits_at_once(tmp_path: Path
     try:
         with trio.fail_after(30):
             url = await daemon.start()
-            async with httpx.AsyncClient(timeout=10) as client:
+            async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
                 # The first tickle is under way (it never answers); no event crosses
                 # the process boundary, so poll the status.
                 while (await client.get(f"{url}/events/_status")).json()["connect_attempts"] < 1:  # noqa: ASYNC110

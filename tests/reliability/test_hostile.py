@@ -31,7 +31,7 @@ from bezant_trio.model import Event, format_ts
 from bezant_trio.store.log import EventLog
 from bezant_trio.testing import DaemonProcess, fd_count, rss_kib, run_cli
 from h2raw import RawH2
-from helpers import wait_until
+from helpers import SSL_CONTEXT, wait_until
 
 MIB = 1024  # rss_kib() is in KiB
 
@@ -140,7 +140,7 @@ async def test_a_get_body_streamed_over_http2_cannot_grow_the_daemons_memory(
                 path = "/events/orders?since=0&wait=30" if index % 2 else "/events/orders/stream"
                 nursery.start_soon(attack, path)
         after = await _settled_rss(pid)
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
             served = await client.get(f"{daemon.url}/events/orders?since=0")
     print(f"HTTP/2 bodies: sent {sorted(sent)} bytes, RSS {before} -> {after} KiB, {statuses}")
     assert max(sent) < 4 * 1024 * 1024  # each cut short: 64 MiB was on offer
@@ -169,7 +169,7 @@ async def test_made_up_methods_leave_the_daemons_memory_and_scrape_alone(
                     nursery.start_soon(_one_request, host, port, method)
 
     with trio.fail_after(180):
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=30) as client:
             # The first 2,500 fill the allocator's free lists and caches (RSS
             # grows ~+10 MiB, then levels off); what matters is what comes after.
             await requests(2500)
@@ -235,7 +235,7 @@ async def test_1100_idle_connections_under_a_1024_fd_limit_leave_health_answerin
                 idle.append(await trio.open_tcp_stream(host, port))
             fds = fd_count(daemon.pid)
             health = await _health_once_a_reserve_slot_is_free(daemon.url)
-            async with httpx.AsyncClient(timeout=10) as client:
+            async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
                 poll = await client.get(f"{daemon.url}/events/orders")
     finally:
         for stream in idle:
@@ -250,7 +250,7 @@ async def test_1100_idle_connections_under_a_1024_fd_limit_leave_health_answerin
 
 async def _health_once_a_reserve_slot_is_free(url: str) -> int:
     """What a health checker that retries sees: the status, once it got one."""
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
         while True:
             try:
                 return (await client.get(f"{url}/health")).status_code
@@ -289,7 +289,7 @@ async def test_2000_http2_long_polls_beyond_max_streams_get_503_and_health_answe
             await wait_until(lambda: len(conns) == 20 and answered() >= 1000, poll=0.1)
             fds = fd_count(pid)
             rss = rss_kib(pid)
-            async with httpx.AsyncClient(timeout=20) as client:
+            async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=20) as client:
                 health = await client.get(f"{daemon.url}/health")
             done.set()
     print(f"2,000 HTTP/2 long-polls: {dict(statuses)}, fds {before_fds} -> {fds}, RSS {rss} KiB")
@@ -341,7 +341,7 @@ async def test_sse_streams_reading_back_into_the_log_hold_bounded_memory_and_giv
     async def round_of(count: int) -> tuple[int, int]:
         start = rss_kib(pid)
         socks = []
-        async with httpx.AsyncClient(timeout=60) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=60) as client:
             for _ in range(count):
                 sock = trio.socket.socket()
                 # A slow reader: the daemon's writes stall with its chunk in hand.
@@ -386,7 +386,7 @@ async def test_the_event_log_is_private_whatever_the_umask(
     config["store"]["path"] = str(tmp_path / "new" / "state" / "events.db")
     daemon = await _start(daemons, tmp_path, config, umask=0)
     assert daemon.url is not None
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
         assert (await client.get(f"{daemon.url}/events/_status")).status_code == 200
     files = {
         path.name: stat.S_IMODE(path.stat().st_mode)
@@ -405,7 +405,7 @@ async def test_a_since_ts_out_of_range_is_a_400_not_a_traceback(
     daemons: list[DaemonProcess], tmp_path: Path
 ) -> None:
     daemon = await _start(daemons, tmp_path, _config(tmp_path))
-    async with httpx.AsyncClient(base_url=daemon.url, timeout=10) as client:
+    async with httpx.AsyncClient(verify=SSL_CONTEXT, base_url=daemon.url, timeout=10) as client:
         answers = [
             await client.get(f"/events/orders/history?since_ts={value}")
             for value in (
@@ -430,7 +430,9 @@ async def test_long_polls_of_never_seen_topics_leave_no_wake_up_entries(
     hub = daemon.hub
     assert hub is not None
     with trio.fail_after(60):
-        async with httpx.AsyncClient(base_url=daemon.http_url, timeout=10) as client:
+        async with httpx.AsyncClient(
+            verify=SSL_CONTEXT, base_url=daemon.http_url, timeout=10
+        ) as client:
 
             async def poll(index: int) -> None:
                 response = await client.get(f"/events/never_{index}?since=0&wait=0.2")

@@ -21,6 +21,7 @@ import trio
 
 from bezant_trio.http import server as http_server
 from bezant_trio.testing import DaemonProcess, LeanClient, fd_count, rss_kib
+from helpers import SSL_CONTEXT
 
 from .conftest import SOAK
 from .rig import InProcessDaemon, Rig
@@ -182,7 +183,7 @@ async def test_slowloris_connections_are_cut_by_the_timeouts_and_others_are_serv
         closed_after.append(trio.current_time() - start)
 
     async def ordinary_client(stop: trio.Event) -> None:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client:
             while not stop.is_set():
                 during = all_connected.is_set() and not first_cut.is_set()
                 response = await client.get(f"{daemon.url}/health")

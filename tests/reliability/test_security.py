@@ -24,6 +24,7 @@ import yaml
 
 from bezant_trio.http.context import HttpContext
 from bezant_trio.testing import DaemonProcess, run_cli
+from helpers import SSL_CONTEXT
 
 from .rig import WEBHOOK_SECRET, Rig
 
@@ -92,7 +93,7 @@ async def test_401s_do_not_tell_which_part_was_wrong_and_use_compare_digest(
     base = await serve(HttpContext(hub=hub, token=TOKEN))
     answers = {}
     with trio.fail_after(20):
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT) as client:
             for name, headers in _ATTEMPTS.items():
                 compared.clear()
                 response = await client.get(f"{base}/events/orders", headers=headers)

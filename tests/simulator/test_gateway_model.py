@@ -15,6 +15,7 @@ from test_simulator import CONID, assert_next_is_marker, connect, ready_client, 
 from bezant_trio.simulator import GatewaySimulator, corpus, open_simulator
 from bezant_trio.simulator.commands import parse_command
 from bezant_trio.simulator.frames import MD_ALWAYS
+from helpers import SSL_CONTEXT
 
 ACCOUNT = "DU1234"
 
@@ -52,7 +53,7 @@ def test_every_corpus_command_is_read_as_the_gateway_reads_it(entry: dict) -> No
 
 async def test_rest_answers_have_the_real_shapes(sim: GatewaySimulator) -> None:
     with trio.fail_after(10):
-        async with httpx.AsyncClient(base_url=sim.base_url) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, base_url=sim.base_url) as client:
             tickle = (await client.post("/tickle")).json()
             assert set(tickle) == corpus_keys("tickle-captured")
             auth_keys = set(corpus.by_id("tickle-captured")["data"]["iserver"]["authStatus"])
@@ -90,7 +91,7 @@ async def test_resync_endpoints_answer_with_what_was_streamed(sim: GatewaySimula
             await sim.emit_trades(2)
             await sim.emit_pnl(3)
             streamed = [await receive(ws) for _ in range(9)]
-            async with httpx.AsyncClient(base_url=sim.base_url) as client:
+            async with httpx.AsyncClient(verify=SSL_CONTEXT, base_url=sim.base_url) as client:
                 orders = (await client.get("/iserver/account/orders?force=true")).json()
                 trades = (await client.get("/iserver/account/trades")).json()
                 pnl = (await client.get("/iserver/account/pnl/partitioned")).json()
@@ -115,12 +116,12 @@ async def test_resync_endpoints_answer_with_what_was_streamed(sim: GatewaySimula
 
 async def test_rest_calls_are_counted_per_endpoint(sim: GatewaySimulator) -> None:
     with trio.fail_after(10):
-        async with httpx.AsyncClient(base_url=sim.base_url) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, base_url=sim.base_url) as client:
             for _ in range(3):
                 await client.get("/iserver/account/orders", params={"force": "true"})
             await client.get("/iserver/account/pnl/partitioned")
             await client.get("/no/such/endpoint")
-        async with httpx.AsyncClient(base_url=sim.control_url) as control:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, base_url=sim.control_url) as control:
             waited = await control.post(
                 "/wait", json={"rest_calls": {"/iserver/account/orders": 3}}
             )
@@ -279,21 +280,23 @@ async def test_hanging_rest_reads_every_call_and_answers_none(sim: GatewaySimula
     # corpus: behaviour.jsonl offline-rest-never-answers
     sim.hang_rest()
     with trio.fail_after(10):
-        async with httpx.AsyncClient(base_url=sim.base_url, timeout=0.3) as client:
+        async with httpx.AsyncClient(
+            verify=SSL_CONTEXT, base_url=sim.base_url, timeout=0.3
+        ) as client:
             for path in ("/tickle", "/iserver/auth/status", "/iserver/account/orders"):
                 with pytest.raises(httpx.ReadTimeout):
                     await client.get(path)
-        async with httpx.AsyncClient(base_url=sim.control_url) as control:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, base_url=sim.control_url) as control:
             state = (await control.get("/state")).json()  # the controls still answer
             assert state["rest_hang"] is True and state["rest_calls"]["/tickle"] == 1
             await control.post("/rest/hang", json={"hang": False})
-        async with httpx.AsyncClient(base_url=sim.base_url) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, base_url=sim.base_url) as client:
             assert (await client.post("/tickle")).status_code == 200
 
 
 async def test_silent_websocket_accepts_and_never_speaks(sim: GatewaySimulator) -> None:
     # corpus: behaviour.jsonl offline-websocket-silent
-    async with httpx.AsyncClient(base_url=sim.control_url) as control:
+    async with httpx.AsyncClient(verify=SSL_CONTEXT, base_url=sim.control_url) as control:
         await control.post("/ws/silent", json={"silent": True})
     with trio.fail_after(10):
         async with connect(sim) as ws:
@@ -315,7 +318,7 @@ async def test_brokerage_session_is_down_until_ssodh_init(sim: GatewaySimulator)
         async with ready_client(sim) as open_ws:
             assert await sim.set_session_down() == 1
             assert await receive(open_ws) == {"topic": "sts", "args": {"authenticated": False}}
-        async with httpx.AsyncClient(base_url=sim.base_url) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, base_url=sim.base_url) as client:
             tickle = await client.post("/tickle")
             assert tickle.status_code == 200
             assert tickle.json()["iserver"]["authStatus"]["authenticated"] is False
@@ -345,7 +348,7 @@ async def test_competing_login_needs_compete_true_to_take_the_session(
             assert await sim.set_competing() == 1
             told = await receive(ws)
             assert told["args"] == {"authenticated": False, "competing": True, "fail": ""}
-        async with httpx.AsyncClient(base_url=sim.base_url) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, base_url=sim.base_url) as client:
             auth = (await client.post("/tickle")).json()["iserver"]["authStatus"]
             assert (auth["authenticated"], auth["competing"]) == (False, True)
             polite = await client.post("/iserver/auth/ssodh/init", json={"compete": False})
@@ -357,7 +360,7 @@ async def test_competing_login_needs_compete_true_to_take_the_session(
 async def test_truth_and_new_controls_over_http(sim: GatewaySimulator) -> None:
     with trio.fail_after(10):
         async with ready_client(sim, "sor+{}", f"smd+{CONID}+{{}}", f"ssd+{ACCOUNT}+{{}}") as ws:
-            async with httpx.AsyncClient(base_url=sim.control_url) as control:
+            async with httpx.AsyncClient(verify=SSL_CONTEXT, base_url=sim.control_url) as control:
                 emitted = (await control.post("/emit/account_summary", json={"count": 1})).json()
                 assert emitted["channel"] == f"account_summary:{ACCOUNT}"
                 await control.post("/emit/orders", json={"count": 1})

@@ -22,7 +22,7 @@ from bezant_trio.simulator import (
     open_simulator,
     run_cli,
 )
-from helpers import wait_until
+from helpers import SSL_CONTEXT, wait_until
 
 SHIPPED = corpus.session_path("assembled-paper-day.jsonl")
 HEADER = '{"format":"bezant-trio-session","version":1}'
@@ -79,7 +79,7 @@ async def test_replay_plays_every_frame_in_order_and_still_answers_the_echo() ->
     replay = ReplaySession.parse(text, speed=2.0)
     async with open_simulator(replay=replay) as sim:
         with trio.fail_after(10):
-            async with httpx.AsyncClient(base_url=sim.base_url) as client:
+            async with httpx.AsyncClient(verify=SSL_CONTEXT, base_url=sim.base_url) as client:
                 assert (await client.get("/iserver/accounts")).json() == {"accounts": ["U7"]}
                 assert (await client.post("/tickle")).json()["session"] == sim.session
             async with open_websocket_url(sim.ws_url) as ws:

@@ -36,6 +36,7 @@ from bezant_trio.simulator import (
     run_cli,
 )
 from bezant_trio.simulator.commands import parse_command, parse_session_cookie
+from helpers import SSL_CONTEXT
 
 CONID = 265598
 MARKER = {"topic": "marker"}
@@ -158,7 +159,7 @@ def test_session_cookie_is_read_url_encoded_or_raw() -> None:
 
 async def test_tickle_answers_session_then_401_when_auth_is_off(sim: GatewaySimulator) -> None:
     with trio.fail_after(10):
-        async with httpx.AsyncClient(base_url=sim.base_url) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, base_url=sim.base_url) as client:
             response = await client.post("/tickle")
             assert response.status_code == 200
             body = response.json()
@@ -389,7 +390,7 @@ async def test_restart_drops_sockets_and_invalidates_the_old_session(
             assert new_session != old_session and sim.down
             with pytest.raises(ConnectionClosed):
                 await ws.get_message()
-        async with httpx.AsyncClient(base_url=sim.base_url) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, base_url=sim.base_url) as client:
             assert (await client.post("/tickle")).status_code == 503
             await sim.wait_for(lambda s: not s.down)
             assert (await client.post("/tickle")).json()["session"] == new_session
@@ -504,7 +505,7 @@ async def test_tls_works_with_the_simulator_ca_and_fails_without_it() -> None:
                 await sim.emit_orders(1)
                 assert seqs_of([await receive(ws)]) == [1]
 
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(verify=SSL_CONTEXT) as client:
                 with pytest.raises(httpx.ConnectError):
                     await client.post(f"{sim.base_url}/tickle")
             # (trio-websocket hangs on a failed TLS handshake instead of raising,
@@ -527,7 +528,7 @@ async def test_tls_works_with_the_simulator_ca_and_fails_without_it() -> None:
 
 async def test_http_control_api_drives_the_same_faults(sim: GatewaySimulator) -> None:
     with trio.fail_after(10):
-        async with httpx.AsyncClient(base_url=sim.control_url) as control:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, base_url=sim.control_url) as control:
             async with ready_client(sim, "sor+{}", f"smd+{CONID}+{{}}") as ws:
                 waited = await control.post("/wait", json={"ready": 1, "subscribed": "orders"})
                 assert waited.json() == {"ok": True}
@@ -624,7 +625,7 @@ async def test_cli_prints_base_url_and_serves_until_sigterm() -> None:
                 line += chunk
             base_url = line.decode().strip()
             assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/v1/api")
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(verify=SSL_CONTEXT) as client:
                 assert (await client.post(f"{base_url}/tickle")).status_code == 200
             process.send_signal(signal.SIGTERM)
             assert await process.wait() == 0

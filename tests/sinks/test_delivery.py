@@ -13,6 +13,7 @@ from bezant_trio.model import GapReason
 from bezant_trio.sinks.manager import SinkConfigError, SinkManager
 from bezant_trio.sinks.testing import TestSink
 from bezant_trio.store.hub import Hub
+from helpers import SSL_CONTEXT
 
 
 def _assert_in_order(sink: TestSink, topic: str, expected: list[int]) -> None:
@@ -136,7 +137,10 @@ async def test_a_stuck_sink_lags_alone_while_a_fast_sink_and_a_poller_get_everyt
                     polled.extend(e["cursor"] for e in r.json()["events"])
                     since = r.json()["next_cursor"]
 
-        async with httpx.AsyncClient(timeout=10) as client, trio.open_nursery() as nursery:
+        async with (
+            httpx.AsyncClient(verify=SSL_CONTEXT, timeout=10) as client,
+            trio.open_nursery() as nursery,
+        ):
             nursery.start_soon(poll, client)
             for i in range(count):
                 hub.publish("orders", {"i": i})

@@ -12,6 +12,7 @@ import trio
 
 from bezant_trio.sinks.plugins import create_plugin_manager, sink_types
 from bezant_trio.sinks.testing import TestSink
+from helpers import SSL_CONTEXT
 
 
 def _example_installed() -> bool:
@@ -51,7 +52,7 @@ async def test_daemon_runs_configured_sinks_and_reports_them_in_status(bezant_da
         for i in range(3):
             daemon.hub.publish("orders", {"i": i})
         await sink.wait_for(3)
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT) as client:
             response = await client.get(f"{daemon.http_url}/events/_status")
         assert response.status_code == 200
         status = response.json()["sinks"]["t"]

@@ -14,7 +14,7 @@ import trio
 from bezant_trio.http.context import HttpContext
 from bezant_trio.store.hub import UNCLEAN_CURSOR_SKIP, Hub
 from bezant_trio.store.log import EventLog
-from helpers import capacity_of, wait_until
+from helpers import SSL_CONTEXT, capacity_of, wait_until
 
 
 class Store:
@@ -122,7 +122,7 @@ async def test_a_poller_ten_rings_behind_reads_everything_from_the_log(store: St
         base = await serve(HttpContext(hub=hub))
         seen: list[int] = []
         since = 0
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT) as client:
             while True:
                 r = await client.get(f"{base}/events/orders", params={"since": since, "limit": 73})
                 assert r.status_code in (200, 204), r.text
@@ -160,7 +160,7 @@ async def test_retention_expires_old_cursors_with_412_and_keeps_the_rest(
         )
         assert removed == 350
         base = await serve(HttpContext(hub=hub))
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT) as client:
             old = await client.get(f"{base}/events/orders?since=10")
             # The pruned edge, both sides: 350 went, 351 is the oldest kept.
             kept = await client.get(f"{base}/events/orders?since=350&limit=10")
@@ -181,7 +181,7 @@ async def test_history_by_time_and_cursor(store: Store, serve) -> None:
         hub.publish("pnl", {"x": 1})
         await wait_until(lambda: hub.head("orders") == 20 and hub.head("pnl") == 1)
         base = await serve(HttpContext(hub=hub))
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT) as client:
             by_ts = (
                 await client.get(
                     f"{base}/events/orders/history?since_ts=1970-01-01T00:00:00Z&limit=5"

@@ -13,7 +13,7 @@ import trio
 
 from bezant_trio.simulator import GatewaySimulator
 from bezant_trio.testing import DaemonProcess
-from helpers import fill_disk, seq_of, small_disk
+from helpers import SSL_CONTEXT, fill_disk, seq_of, small_disk
 
 #: A bound for one step that takes well under a second when it works (the log
 #: noticing a full disk, a poll catching up): a broken step fails in seconds.
@@ -66,7 +66,7 @@ async def test_sigterm_restart_continues_cursors_and_serves_old_cursors_from_the
             for _ in range(25):
                 await sim.emit_orders(100)
                 await sim.emit_pnl(100)
-            async with httpx.AsyncClient(timeout=30) as client:
+            async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=30) as client:
                 before: dict[str, list[dict]] = {}
                 for topic in ("orders", "pnl"):
                     while len(before.get(topic, [])) < 2500:
@@ -112,7 +112,7 @@ async def test_kill_9_ten_times_never_remaps_a_cursor_a_poller_saw(
     seen: dict[tuple[str, int], dict] = {}
     try:
         with trio.fail_after(240):
-            async with httpx.AsyncClient(timeout=30) as client:
+            async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=30) as client:
                 for _ in range(KILLS):
                     url = await daemon.start()
                     # everything a poller saw before any kill is still there, unchanged
@@ -185,7 +185,7 @@ async def test_kill_9_while_the_log_is_degraded_never_reuses_a_cursor_a_poller_s
         seen: dict[tuple[str, int], dict] = {}
         since = dict.fromkeys(topics, 0)
         try:
-            async with httpx.AsyncClient(timeout=30) as client:
+            async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=30) as client:
                 with trio.fail_after(STEP * 2):
                     url = await daemon.start()
                     await sim.wait_subscribed("orders", timeout=STEP)

@@ -7,6 +7,7 @@ import pytest
 import trio
 
 from bezant_trio.testing import Reply, WebhookReceiver, verify_signature
+from helpers import SSL_CONTEXT
 
 # The Standard Webhooks specification's own example.
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -43,7 +44,9 @@ async def test_scripted_replies_then_the_default_and_every_request_recorded(
     receiver = await nursery.start(WebhookReceiver().run)
     receiver.answer(Reply(503, retry_after=7), Reply(429, (("x-why", "busy"),)), Reply(hang=True))
     with trio.fail_after(10):
-        async with httpx.AsyncClient(timeout=httpx.Timeout(5, read=0.5)) as client:
+        async with httpx.AsyncClient(
+            verify=SSL_CONTEXT, timeout=httpx.Timeout(5, read=0.5)
+        ) as client:
             first = await client.post(receiver.url, content=BATCH, headers={"x-tenant": "a"})
             second = await client.post(receiver.url, content=BATCH)
             with pytest.raises(httpx.ReadTimeout):
@@ -70,7 +73,10 @@ async def test_hold_keeps_requests_unanswered_until_release(nursery: trio.Nurser
         statuses.append((await client.post(receiver.url, content=BATCH)).status_code)
 
     with trio.fail_after(10):
-        async with httpx.AsyncClient(timeout=5) as client, trio.open_nursery() as posts:
+        async with (
+            httpx.AsyncClient(verify=SSL_CONTEXT, timeout=5) as client,
+            trio.open_nursery() as posts,
+        ):
             posts.start_soon(post, client)
             posts.start_soon(post, client)
             await receiver.wait_until(lambda: receiver.held == 2)
@@ -85,7 +91,7 @@ async def test_down_refuses_connections_and_up_listens_on_the_same_port(
     receiver = await nursery.start(WebhookReceiver().run)
     url = receiver.url
     with trio.fail_after(10):
-        async with httpx.AsyncClient(timeout=5) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=5) as client:
             receiver.down()
             assert not receiver.is_up
             with pytest.raises(httpx.ConnectError):
@@ -101,7 +107,7 @@ async def test_cursors_mode_keeps_only_cursors_and_flags_bad_signatures(
     receiver = await nursery.start(WebhookReceiver(SPEC_SECRET, record="cursors").run)
     later = b'{"events":[{"topic":"orders","cursor":3},{"topic":"orders","cursor":1}]}'
     with trio.fail_after(10):
-        async with httpx.AsyncClient(timeout=5) as client:
+        async with httpx.AsyncClient(verify=SSL_CONTEXT, timeout=5) as client:
             for body in (BATCH, BATCH, later):
                 await client.post(receiver.url, content=body, headers=SPEC_HEADERS)
     assert receiver.requests == []
