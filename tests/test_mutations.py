@@ -5,9 +5,12 @@ and what it becomes: a cursor assigned twice, a 412 one cursor late, an epoch
 that does not move, an event visible before its commit, a checkpoint that
 moves before its delivery, a token or Host check that lets everything by.
 For each, this applies it to a copy of ``src/`` and runs the tests listed
-with it in a child pytest whose ``PYTHONPATH`` starts with the copy (so the
-daemon processes those tests start import the copy too), and expects every
-one of them to fail. A mutation that no test notices is a blind spot of the
+with it in a child pytest whose ``sys.path`` and ``PYTHONPATH`` start with the
+copy (so the daemon processes those tests start import the copy too), and
+expects every one of them to fail. The children fork from a forkserver that
+has imported pytest and the libraries once (tests/mutant_child.py), and a
+control runs catching tests on an unmutated copy the same way: they pass, so
+a red child means the mutation, not the harness. A mutation that no test notices is a blind spot of the
 suite; it shows here as a red line naming the mutation and the tests that
 stayed green.
 
@@ -24,15 +27,17 @@ minute (tests/README.md, "Lanes").
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.context
 import os
 import shutil
-import subprocess
-import sys
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+import mutant_child
 
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src"
@@ -258,6 +263,19 @@ def _mutated_copy(mutation: Mutation, into: Path) -> Path:
     return copy
 
 
+_FORKSERVER: multiprocessing.context.ForkServerContext | None = None
+
+
+def _forkserver() -> multiprocessing.context.ForkServerContext:
+    """The forkserver every child run forks from (tests/mutant_child.py), started once."""
+    global _FORKSERVER
+    if _FORKSERVER is None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(mutant_child.PRELOAD)
+        _FORKSERVER = context
+    return _FORKSERVER
+
+
 def _outcomes(junit: Path) -> dict[str, str]:
     """Test name (``file::name``) -> ``passed``, ``failed``, ``error`` or ``skipped``."""
     outcomes: dict[str, str] = {}
@@ -272,10 +290,8 @@ def _outcomes(junit: Path) -> dict[str, str]:
     return outcomes
 
 
-@pytest.mark.timeout(CHILD_RUN_TIMEOUT + 30)
-@pytest.mark.parametrize("mutation", MUTATIONS, ids=[m.name for m in MUTATIONS])
-def test_the_mutation_is_caught(mutation: Mutation, tmp_path: Path) -> None:
-    copy = _mutated_copy(mutation, tmp_path)
+def _run_child(copy: Path, tests: tuple[str, ...], tmp_path: Path) -> tuple[int | None, Path, str]:
+    """``tests`` in a child run importing ``copy``: its status, junit file and output's tail."""
     junit = tmp_path / "junit.xml"
     env = {
         **os.environ,
@@ -285,33 +301,65 @@ def test_the_mutation_is_caught(mutation: Mutation, tmp_path: Path) -> None:
     }
     env.pop("BEZANT_SEED", None)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    argv = [
-        sys.executable,
-        "-m",
-        "pytest",
+    args = [
         "-q",
         "-p",
         "no:cacheprovider",
         # Plugins no catching test uses, each a part of the child's start-up.
         *("-p", "no:schemathesis", "-p", "no:xdist", "-p", "no:xdist.looponfail"),
         f"--timeout={CHILD_TEST_TIMEOUT}",
+        # The plugins imported by the forkserver cannot have their asserts rewritten.
+        *("-W", "ignore::pytest.PytestAssertRewriteWarning"),
         f"--junitxml={junit}",
         "-o",
         "junit_family=xunit1",
-        *mutation.tests,
+        *tests,
     ]
-    done = subprocess.run(
-        argv,
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CHILD_RUN_TIMEOUT,
+    output = tmp_path / "child.log"
+    child = _forkserver().Process(
+        target=mutant_child.run, args=(args, env, str(REPO), str(copy), str(output))
     )
-    tail = (done.stdout + done.stderr)[-3000:]
+    child.start()
+    child.join(CHILD_RUN_TIMEOUT)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail(f"the child run of {tests} took over {CHILD_RUN_TIMEOUT} s")
+    text = output.read_text(errors="replace") if output.exists() else ""
+    return child.exitcode, junit, text[-3000:]
+
+
+#: Run on an unmutated copy by the control below: in-process, HTTP and daemon
+#: processes (which import the copy through PYTHONPATH).
+CONTROL_TESTS = (
+    "tests/store/test_hub.py::test_publish_assigns_increasing_cursors_per_topic",
+    "tests/http/test_http.py::test_token_required_everywhere_but_health",
+    "tests/store/test_restart.py::test_kill_9_while_the_log_is_degraded_never_reuses_a_cursor_a_poller_saw",
+)
+
+
+@pytest.mark.timeout(CHILD_RUN_TIMEOUT + 30)
+def test_the_catching_tests_pass_on_an_unmutated_copy(tmp_path: Path) -> None:
+    # What makes "caught" mean the mutation: the same child runs pass without it.
+    copy = tmp_path / "src"
+    shutil.copytree(SRC, copy, ignore=shutil.ignore_patterns("*.egg-info"))
+    returncode, junit, tail = _run_child(copy, CONTROL_TESTS, tmp_path)
+    outcomes = _outcomes(junit)
+    assert returncode == 0, tail
+    assert {name.split("[")[0] for name in outcomes} == set(CONTROL_TESTS), (outcomes, tail)
+    assert set(outcomes.values()) == {"passed"}, (outcomes, tail)
+
+
+@pytest.mark.timeout(CHILD_RUN_TIMEOUT + 30)
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=[m.name for m in MUTATIONS])
+def test_the_mutation_is_caught(mutation: Mutation, tmp_path: Path) -> None:
+    copy = _mutated_copy(mutation, tmp_path)
+    returncode, junit, tail = _run_child(copy, mutation.tests, tmp_path)
     # 1: tests ran and some failed. 0 means none failed; 2-5: the check is broken
     # (interrupted, a collection error, a usage error, nothing collected).
-    assert done.returncode in (0, 1), f"mutation {mutation.name}: child pytest broke:\n{tail}"
+    assert returncode in (0, 1), (
+        f"mutation {mutation.name}: child pytest broke ({returncode}):\n{tail}"
+    )
     outcomes = _outcomes(junit)
     expected = {test.split("[")[0] for test in mutation.tests}
     ran = {name: outcome for name, outcome in outcomes.items() if name.split("[")[0] in expected}
