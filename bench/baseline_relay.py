@@ -31,7 +31,7 @@ import trio
 from wsproto.events import TextMessage
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from rawws import RawWs, session_cookie
+from rawws import RawWs, session_cookie, subscribe_quotes
 
 
 def _load_serve_http():  # type: ignore[no-untyped-def]
@@ -175,13 +175,7 @@ async def _stream(relay: Relay, scope: dict, send: object) -> None:  # type: ign
 
 async def run(gateway: str, conids: list[int]) -> None:
     ws = await RawWs.connect(gateway, await session_cookie(gateway))
-    while True:
-        frame = orjson.loads(await ws.get_message())
-        if frame.get("topic") == "system" and "success" in frame:
-            break
-    fields = orjson.dumps({"fields": ["31", "84", "86", "85", "88", "87"]}).decode()
-    for conid in conids:
-        await ws.send_message(f"smd+{conid}+{fields}")
+    await subscribe_quotes(ws, conids)
     relay = Relay()
     stop = trio.Event()
     async with trio.open_nursery() as nursery:

@@ -32,7 +32,7 @@ import trio_websocket
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import request_once, rss_kib
-from rawws import RawWs
+from rawws import RawWs, subscribe_quotes
 
 
 @contextlib.asynccontextmanager
@@ -56,13 +56,7 @@ async def run(
     session = tickle.json()["session"]
     cookie = "api=" + urllib.parse.quote(orjson.dumps({"session": session}), safe="")
     async with open_ws(base, cookie, raw) as ws:
-        while True:
-            frame = orjson.loads(await ws.get_message())
-            if frame.get("topic") == "system" and "success" in frame:
-                break
-        fields = orjson.dumps({"fields": ["31", "84", "86", "85", "88", "87"]}).decode()
-        for conid in conids:
-            await ws.send_message(f"smd+{conid}+{fields}")
+        await subscribe_quotes(ws, conids)
         kept: list[str] = []
         rss_before = rss_kib(os.getpid())
         latencies: list[float] = []

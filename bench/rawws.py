@@ -7,6 +7,7 @@ Kept apart from ``_common`` so that the relay imports only what it measures
 from __future__ import annotations
 
 import urllib.parse
+from typing import Any
 
 import orjson
 import trio
@@ -78,3 +79,17 @@ async def session_cookie(base: str) -> str:
             reply += chunk
     session = orjson.loads(reply.partition(b"\r\n\r\n")[2])["session"]
     return "api=" + urllib.parse.quote(orjson.dumps({"session": session}), safe="")
+
+
+async def subscribe_quotes(ws: Any, conids: list[int]) -> None:
+    """Wait for the gateway's ready frame (``system`` with ``success``), then ``smd+`` each conid.
+
+    ``ws`` is anything with ``get_message``/``send_message`` (this RawWs, or trio-websocket).
+    """
+    while True:
+        frame = orjson.loads(await ws.get_message())
+        if frame.get("topic") == "system" and "success" in frame:
+            break
+    fields = orjson.dumps({"fields": ["31", "84", "86", "85", "88", "87"]}).decode()
+    for conid in conids:
+        await ws.send_message(f"smd+{conid}+{fields}")

@@ -43,6 +43,7 @@ import trio
 from bezant_trio.cpapi.session import GatewayError, GatewaySession
 from bezant_trio.model import Event
 from bezant_trio.store.hub import Hub
+from bezant_trio.store.state import order_key, orders_in
 from bezant_trio.util import backoff_delay
 
 __all__ = ["RESYNC_SOURCES", "ResyncSource", "Resyncer", "with_updates"]
@@ -206,25 +207,22 @@ def with_updates(body: Any, events: Sequence[Event]) -> Any:
     resync's place in the stream. Orders the answer does not list are left
     alone (the stream has given them already).
     """
-    orders = body.get("orders") if isinstance(body, dict) else body
-    if not isinstance(orders, list) or not events:
+    if not events:
         return body
     records: dict[str, dict[str, Any]] = {}
-    for record in orders:
-        if isinstance(record, dict) and "orderId" in record:
-            records[str(record["orderId"])] = record
+    for record in orders_in({"reason": "resync", "data": body}):
+        key = order_key(record)
+        if key is not None:
+            records[key] = record
     for event in events:
         payload = event.payload
-        args = (
-            payload.get("args") if isinstance(payload, dict) and "reason" not in payload else None
-        )
-        if not isinstance(args, list):
-            continue
-        for update in args:
-            if isinstance(update, dict) and "orderId" in update:
-                record = records.get(str(update["orderId"]))
-                if record is not None:
-                    record.update(update)
+        if not isinstance(payload, dict) or "reason" in payload:
+            continue  # the daemon's own events: gaps, resyncs
+        for update in orders_in(payload):
+            key = order_key(update)
+            record = records.get(key) if key is not None else None
+            if record is not None:
+                record.update(update)
     return body
 
 

@@ -33,7 +33,7 @@ import orjson
 
 from bezant_trio.model import MARKETDATA, Event, conid_of
 
-__all__ = ["FINISHED_STATUSES", "StateView", "StateViews"]
+__all__ = ["FINISHED_STATUSES", "StateView", "StateViews", "order_key", "orders_in"]
 
 #: Order statuses after which nothing more happens to an order.
 FINISHED_STATUSES = frozenset({"Filled", "Cancelled", "ApiCancelled", "Inactive", "Rejected"})
@@ -170,8 +170,8 @@ class StateViews:
         payload = _decode(event) if decoded is None else decoded
         if not isinstance(payload, dict):
             return
-        for order in _orders_in(payload):
-            key = _order_key(order)
+        for order in orders_in(payload):
+            key = order_key(order)
             if key is None:
                 continue
             record = view.merge(key, order)
@@ -260,7 +260,7 @@ def _decode(event: Event) -> Any:
         return None
 
 
-def _orders_in(payload: dict[str, Any]) -> list[dict[str, Any]]:
+def orders_in(payload: dict[str, Any]) -> list[dict[str, Any]]:
     """The order records of an ``sor`` frame or an orders resync event."""
     if payload.get("reason") == "resync":
         data = payload.get("data")
@@ -272,7 +272,8 @@ def _orders_in(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return [order for order in orders if isinstance(order, dict)]
 
 
-def _order_key(order: Mapping[str, Any]) -> str | None:
+def order_key(order: Mapping[str, Any]) -> str | None:
+    """An order record's ``orderId`` as the views key it, or None if it has no usable one."""
     order_id = order.get("orderId")
     if isinstance(order_id, bool) or not isinstance(order_id, int | str) or order_id == "":
         return None
