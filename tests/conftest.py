@@ -35,6 +35,7 @@ from bezant_trio.http.app import create_app
 from bezant_trio.http.context import HttpContext
 from bezant_trio.http.server import serve_http
 from bezant_trio.store.hub import Hub
+from bezant_trio.testing.process import fork_children
 from helpers import SSL_CONTEXT, capacity_of
 
 # ------------------------------------------------------------------ determinism
@@ -49,6 +50,19 @@ def pytest_configure(config: pytest.Config) -> None:
     # profile (helpers.examples), are imported after this.
     chosen = config.getoption("hypothesis_profile", None)
     settings.load_profile(chosen or os.environ.get("BEZANT_HYPOTHESIS") or "ci")
+    # Daemons and CLI runs fork from a process that imported the daemon once
+    # (bezant_trio.testing.forkserver: a second of CPU saved per daemon).
+    # BEZANT_TEST_FORK=0 execs every child; =lazy starts that process at the
+    # first child (the mutation check's runs, most of which start none).
+    # xdist's controller starts no child.
+    controller = not hasattr(config, "workerinput") and config.getoption("numprocesses", None)
+    mode = os.environ.get("BEZANT_TEST_FORK", "1")
+    if mode != "0" and not controller:
+        fork_children(lazy=mode == "lazy")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    fork_children(False)
 
 
 #: The seed CI runs for each seeded test (by function name; parameters share

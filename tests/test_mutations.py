@@ -298,6 +298,9 @@ def _run_child(copy: Path, tests: tuple[str, ...], tmp_path: Path) -> tuple[int 
         "PYTHONPATH": os.pathsep.join([str(copy), os.environ.get("PYTHONPATH", "")]),
         # tests/conftest.py checks that the copy is what gets imported.
         "BEZANT_MUTANT_SRC": str(copy),
+        # Daemons fork from a server that imports the copy, started only by a
+        # run that starts one (tests/conftest.py).
+        "BEZANT_TEST_FORK": "lazy",
     }
     env.pop("BEZANT_SEED", None)
     env.pop("PYTHONDONTWRITEBYTECODE", None)

@@ -84,7 +84,9 @@ async def _start(
     nofile: tuple[int, int] | None = None,
     umask: int | None = None,
 ) -> DaemonProcess:
-    daemon = DaemonProcess(tmp_path, config)
+    # Exec'd: the limits are set between Popen's fork and its exec (a fork
+    # server's child would not pass through Popen).
+    daemon = DaemonProcess(tmp_path, config, fork=False)
     daemons.append(daemon)
     with _child_limits(nofile, umask):
         await daemon.start(timeout=30)

@@ -7,7 +7,9 @@ Import from here, never from the modules behind it::
 - :class:`DaemonProcess`: the daemon as a real child process (``python -m
   bezant_trio run``), started, signalled, killed and restarted on one
   working directory; :class:`ChildProcess` for any other program;
-  :func:`run_cli` for a one-shot command.
+  :func:`run_cli` for a one-shot command. With :func:`fork_children` on, a
+  ``python -m`` child forks from a process that imported the daemon once
+  (:mod:`bezant_trio.testing.forkserver`) instead of starting an interpreter.
 - :class:`LeanClient` (:mod:`bezant_trio.testing.http`): a keep-alive HTTP/1.1
   client for the loops that poll a daemon, a fifth of httpx's CPU per request.
 - :class:`WebhookReceiver`: a real HTTP endpoint on 127.0.0.1 that records
@@ -29,6 +31,7 @@ from bezant_trio.testing.process import (
     ProcessExited,
     child_env,
     fd_count,
+    fork_children,
     rss_kib,
     run_cli,
 )
@@ -46,6 +49,7 @@ __all__ = [
     "WebhookReceiver",
     "child_env",
     "fd_count",
+    "fork_children",
     "rss_kib",
     "run_cli",
     "verify_signature",
