@@ -119,20 +119,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 #: they overlap with the CPU-bound rest; the tests whose figures move with the
 #: machine's load (memory and descriptors of a daemon under many connections)
 #: share one lane, so they never run beside each other. Node id prefixes;
-#: tests/README.md lists the lanes and their times.
+#: tests/README.md lists the lanes and their times. Longest first.
 LANES: dict[str, tuple[str, ...]] = {
-    "soak": ("tests/reliability/test_soak.py",),
-    "chaos": ("tests/reliability/test_chaos.py",),
-    "mutations": ("tests/test_mutations.py",),
-    "faults": (
-        "tests/reliability/test_faults.py",
-        "tests/reliability/test_process_faults.py",
-    ),
     "load": (
         "tests/reliability/test_http_abuse.py",
         "tests/reliability/test_hostile.py",
     ),
+    "mutations": ("tests/test_mutations.py",),
+    "chaos": ("tests/reliability/test_chaos.py",),
+    "schemathesis": ("tests/reliability/test_openapi_schemathesis.py",),
+    "faults": (
+        "tests/reliability/test_faults.py",
+        "tests/reliability/test_process_faults.py",
+    ),
     "bench": ("tests/test_bench.py",),
+    "soak": ("tests/reliability/test_soak.py",),
 }
 
 

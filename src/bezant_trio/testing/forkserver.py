@@ -14,10 +14,11 @@ is what ``python -m module`` does once the interpreter is up.
 What a forked child does not repeat is the interpreter's start-up itself:
 the imports, and whatever the environment decides at that moment (the
 ``PYTHON*`` variables, the locale). So :func:`forkable` accepts only
-``[sys.executable, "-m", module, ...]`` with an environment that agrees with
-the server's on those variables; anything else (a launcher, another
-interpreter, a ``PYTHONPATH`` of its own) is started with exec as before.
-Tests of start-up itself (the console script, the systemd unit) exec.
+``[sys.executable, "-m", module, ...]``, and :mod:`bezant_trio.testing.process`
+forks it only with an environment that agrees with the server's on those
+variables; anything else (a launcher, another interpreter, a ``PYTHONPATH``
+of its own) is exec'd as before, as are the tests of start-up itself (the
+zipapp on a bare Python, the daemon under a launcher).
 
 The protocol, over a ``SOCK_SEQPACKET`` socket pair: the client sends one
 JSON request (argv, env, cwd) with three descriptors, a status socket and the
