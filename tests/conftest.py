@@ -155,6 +155,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: order.get(_lane_of(item.nodeid) or "", len(order)))
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's, in its controller
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    # xdist tells its scheduler an item's group by an "@lane" suffix on the node
+    # id; pytest 9.2's node ids ignore the way it adds one, and every group was
+    # silently dropped (pytest-dev/pytest-xdist#1386): the lanes' load-sensitive
+    # tests then ran side by side. Stop, saying so, rather than run that way.
+    if getattr(node.config.option, "dist", None) != "loadgroup":
+        return
+    lost = [nodeid for nodeid in ids if _lane_of(nodeid) and "@" not in nodeid]
+    if lost:
+        pytest.exit(
+            f"xdist's --dist loadgroup did not name the lanes' groups ({lost[0]} has no"
+            " @lane suffix): this pytest and pytest-xdist do not work together"
+            " (pytest-dev/pytest-xdist#1386; see the pin in pyproject.toml)",
+            returncode=3,
+        )
+
+
 # The mutation check (tests/test_mutations.py) runs tests against a mutated
 # copy of src/: make sure that copy, not the installed package, is what runs.
 if os.environ.get("BEZANT_MUTANT_SRC"):
