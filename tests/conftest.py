@@ -137,6 +137,20 @@ LANES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The longest tests outside the lanes (10-25 s each, node id prefixes): they
+#: start right after the lanes, so that none of them is left for the end.
+EARLY = (
+    "tests/test_service.py::test_make_pyz",
+    "tests/cpapi/test_connector.py::test_no_loss_with_a_poller",
+    "tests/cpapi/test_connector.py::test_drops_and_stalls",
+    "tests/cpapi/test_resync.py",
+    "tests/realgw/",
+    "tests/http/test_http_fastpath.py::test_random_queries",
+    "plugins/bezant-trio-nats/tests/test_nats_faults.py",
+    "tests/reliability/test_fuzz_frames.py",
+)
+
+
 def _lane_of(nodeid: str) -> str | None:
     for lane, prefixes in LANES.items():
         if nodeid.startswith(prefixes):
@@ -151,8 +165,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         lane = _lane_of(item.nodeid)
         if lane is not None:
             item.add_marker(pytest.mark.xdist_group(lane))
-    # The lanes first, so each starts at once; the rest keep their order.
-    items.sort(key=lambda item: order.get(_lane_of(item.nodeid) or "", len(order)))
+
+    # The lanes first, so each starts at once, then the long tests of EARLY;
+    # the rest keep their order.
+    def rank(item: pytest.Item) -> int:
+        lane = _lane_of(item.nodeid)
+        if lane is not None:
+            return order[lane]
+        return len(order) + (0 if item.nodeid.startswith(EARLY) else 1)
+
+    items.sort(key=rank)
 
 
 @pytest.hookimpl(optionalhook=True)  # xdist's, in its controller
