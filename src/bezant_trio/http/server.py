@@ -16,7 +16,9 @@ server (``TCPServer``) under an accept loop of its own, so that:
   ``KeyError`` for body data on a stream it already answered) closes that
   connection only, with one log line;
 - a connection the client closed while idle is closed at once: Hypercorn
-  would keep it, and its descriptor, until its keep-alive timeout (75 s).
+  would keep it, and its descriptor, until its keep-alive timeout (75 s);
+  so is one the client closed as its answer was being finished (a bot's
+  last long-poll), where Hypercorn would start that timer after the EOF.
 
 Everything else (the protocols, lifespan, graceful shutdown) is Hypercorn's.
 """
@@ -34,6 +36,7 @@ from typing import Any
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
+from hypercorn.events import Event, Updated
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -294,13 +297,26 @@ async def _serve_connection(
 class _Connection(TCPServer):
     """Hypercorn's connection server, ended as soon as the client is gone."""
 
+    _read_ended = False
+
     async def _read_data(self) -> None:
         await super()._read_data()
         # Reading ends at EOF, a reset, a read timeout or the server's close;
         # by then Hypercorn has told the request (if any) the client is gone.
         # The idle timer would keep the connection's task, and its socket,
         # for the rest of the keep-alive timeout: stop it.
+        self._read_ended = True
         await self.idle_task.stop()
+
+    async def protocol_send(self, event: Event) -> None:
+        # A client that closes as soon as it has its answer (a bot's last
+        # long-poll) can be read to EOF before Hypercorn, finishing the
+        # answer, goes idle: the idle timer it starts then would hold the
+        # socket in CLOSE-WAIT for the keep-alive timeout. Nothing more can
+        # come on it.
+        if self._read_ended and isinstance(event, Updated) and event.idle:
+            return
+        await super().protocol_send(event)
 
 
 def _log_connection_error(exc: BaseException | None) -> None:
