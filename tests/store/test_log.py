@@ -292,7 +292,11 @@ def test_prune_deletes_in_bounded_batches(event_log: EventLog) -> None:
     removed = event_log.prune(keep_days(1), now=T0 + 950.5 + DAY, batch=100)
     event_log._conn.set_trace_callback(None)
     assert removed == 950
-    assert len(deletes) == 10
+    # At most 100 rows per transaction, from the oldest up: ten of them, or more
+    # when a slow transaction (a loaded machine) makes the log halve its batch.
+    uppers = [int(sql.rsplit("<= ", 1)[1]) for sql in deletes]
+    assert len(uppers) >= 10 and uppers[-1] == 950, uppers
+    assert all(0 < b - a <= 100 for a, b in zip([0, *uppers], uppers, strict=False)), uppers
     assert event_log.first_cursor("orders") == 951
     assert event_log.pruned_upto("orders") == 950
 
