@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 
 from bezant_trio.testing import ChildProcess, DaemonProcess, child_env, run_cli
 from bezant_trio.testing.forkserver import ForkServer
+from bezant_trio.testing.process import fork_children, forking
 
 #: A module run as ``python -m probe WHAT`` from its directory.
 PROBE = """
@@ -48,6 +50,19 @@ if what == "sleep":
     print("sleeping", flush=True)
     time.sleep(60)
 """
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _forking() -> Iterator[None]:
+    """Forking on for these tests, also in a run that execs every child (BEZANT_TEST_FORK=0)."""
+    if forking():
+        yield
+        return
+    fork_children()
+    try:
+        yield
+    finally:
+        fork_children(False)
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from bezant_trio.testing.process import (
     child_env,
     fd_count,
     fork_children,
+    forking,
     rss_kib,
     run_cli,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "child_env",
     "fd_count",
     "fork_children",
+    "forking",
     "rss_kib",
     "run_cli",
     "verify_signature",

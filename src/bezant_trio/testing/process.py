@@ -55,6 +55,7 @@ __all__ = [
     "child_env",
     "fd_count",
     "fork_children",
+    "forking",
     "rss_kib",
     "run_cli",
 ]
@@ -109,6 +110,11 @@ def fork_children(enabled: bool = True, *, lazy: bool = False) -> None:
         _fork_servers.clear()
     elif not lazy:
         _start_fork_server(child_env())
+
+
+def forking() -> bool:
+    """Whether ``python -m`` children fork from a fork server now (:func:`fork_children`)."""
+    return _fork_lazily or bool(_fork_servers)
 
 
 def _start_fork_server(env: Mapping[str, str]) -> ForkServer:
