@@ -83,9 +83,9 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-#: The fork servers of this process, by the start-up environment they serve
-#: (:func:`fork_children`); empty while children are exec'd.
-_fork_servers: dict[tuple[tuple[str, str], ...], ForkServer] = {}
+#: The fork server of this process, for its own (scrubbed) start-up
+#: environment (:func:`fork_children`); None while children are exec'd.
+_fork_server: ForkServer | None = None
 #: Start the server at the first child that can fork (``fork_children(lazy=True)``).
 _fork_lazily = False
 
@@ -100,38 +100,34 @@ def fork_children(enabled: bool = True, *, lazy: bool = False) -> None:
     environment the server cannot give it is exec'd
     (:func:`~bezant_trio.testing.forkserver.forkable`); ``fork=False`` on a
     :class:`ChildProcess`, :class:`DaemonProcess` or :func:`run_cli` asks
-    for exec. Disabling ends the servers (and any children they still have).
+    for exec. Disabling ends the server (and any children it still has).
     """
-    global _fork_lazily
+    global _fork_server, _fork_lazily
     _fork_lazily = enabled and lazy
     if not enabled:
-        for server in _fork_servers.values():
-            server.close()
-        _fork_servers.clear()
-    elif not lazy:
-        _start_fork_server(child_env())
+        if _fork_server is not None:
+            _fork_server.close()
+        _fork_server = None
+    elif not lazy and (_fork_server is None or not _fork_server.usable):
+        _fork_server = ForkServer(child_env())
 
 
 def forking() -> bool:
     """Whether ``python -m`` children fork from a fork server now (:func:`fork_children`)."""
-    return _fork_lazily or bool(_fork_servers)
-
-
-def _start_fork_server(env: Mapping[str, str]) -> ForkServer:
-    server = _fork_servers.get(import_env(env))
-    if server is None or not server.usable:
-        server = _fork_servers[import_env(env)] = ForkServer(env)
-    return server
+    return _fork_lazily or _fork_server is not None
 
 
 def _fork_server_for(argv: Sequence[str], env: Mapping[str, str]) -> ForkServer | None:
     """The server that can fork ``argv`` with ``env``, or None (exec it)."""
+    global _fork_server
     if forkable(argv) is None:
         return None
-    server = _fork_servers.get(import_env(env))
-    if server is None and _fork_lazily and import_env(env) == import_env(child_env()):
-        return _start_fork_server(env)
-    return server if server is not None and server.usable else None
+    if _fork_server is None and _fork_lazily and import_env(env) == import_env(child_env()):
+        _fork_server = ForkServer(child_env())
+    server = _fork_server
+    if server is None or not server.usable or import_env(env) != server.key:
+        return None
+    return server
 
 
 def rss_kib(pid: int) -> int:
