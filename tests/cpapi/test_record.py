@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import orjson
 import trio
+import trio.testing
 from trio_websocket import open_websocket_url
 
 from bezant_trio.cli import main
-from bezant_trio.cpapi.record import record_session
+from bezant_trio.cpapi.record import Recorder, record_session
 from bezant_trio.simulator import ReplaySession, open_simulator
 
 
@@ -61,6 +62,37 @@ async def test_recording_holds_rest_answers_frames_and_commands_without_the_sess
             async with open_websocket_url(player.ws_url) as ws:
                 replayed = [await ws.get_message() for _ in range(len(texts))]
     assert replayed == [text.replace(session_id, "0" * 32) for text in texts]
+
+
+class _SlowFile:
+    """A file whose writes take longer the earlier they were asked (like a busy thread pool)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self._pending = 0
+
+    async def write(self, line: str) -> None:
+        self._pending += 1
+        await trio.sleep(1.0 / self._pending)
+        self.text += line
+
+    async def flush(self) -> None:
+        self._pending = max(0, self._pending - 1)
+
+
+async def test_recorder_lines_keep_the_order_write_was_called_in(autojump_clock) -> None:
+    # A command written by one task just before the answer another task
+    # writes must not land after it: the recording once had the closing
+    # ech+hb before sor+{} (each write ran in its own worker thread).
+    out = _SlowFile()
+    recorder = Recorder(out, started=trio.current_time())
+    async with trio.open_nursery() as nursery:
+        for n in range(20):
+            nursery.start_soon(recorder.write, {"dir": "out", "text": f"c{n}"})
+            await trio.testing.wait_all_tasks_blocked()
+    entries = [orjson.loads(line) for line in out.text.splitlines()]
+    assert [entry["text"] for entry in entries] == [f"c{n}" for n in range(20)]
+    assert recorder.lines == 20
 
 
 def test_record_cli_says_what_failed_in_one_line(tmp_path, capsys) -> None:

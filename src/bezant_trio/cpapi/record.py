@@ -62,12 +62,19 @@ _ZERO_SESSION = "0" * 32
 
 
 class Recorder:
-    """Writes one session file; every line is flushed as it is written."""
+    """Writes one session file; every line is flushed as it is written.
+
+    Lines land in the order :meth:`write` was called, whichever tasks call
+    it: trio's file methods run in worker threads, and two writes in flight
+    at once could otherwise reach the file in either order. The lock is
+    FIFO, so it keeps the calls' order.
+    """
 
     def __init__(self, out: trio.abc.AsyncResource | Any, *, started: float) -> None:
         self._out = out
         self._started = started
         self._secret: str | None = None
+        self._lock = trio.Lock()
         self.lines = 0
 
     def redact(self, secret: str) -> None:
@@ -82,9 +89,10 @@ class Recorder:
         if timed:
             entry = {"t": round(trio.current_time() - self._started, 4), **entry}
         line = self._clean(orjson.dumps(entry).decode()) + "\n"
-        await self._out.write(line)
-        await self._out.flush()
-        self.lines += 1
+        async with self._lock:
+            await self._out.write(line)
+            await self._out.flush()
+            self.lines += 1
 
     async def frame(self, message: str | bytes) -> None:
         """Record one frame the gateway sent."""
@@ -180,8 +188,11 @@ async def _record_socket(
         await recorder.write({"dir": "meta", "event": "ws_open", "url": session.ws_url})
 
         async def send(text: str) -> None:
-            await ws.send(text)
+            # Recorded before it goes out: the answer to it can only come
+            # after, and the file keeps that order (a command whose send
+            # fails is followed by the ws_closed the reader writes).
             await recorder.write({"dir": "out", "text": text})
+            await ws.send(text)
 
         async def read() -> None:
             try:
