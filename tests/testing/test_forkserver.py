@@ -47,6 +47,9 @@ if what == "atexit":
     import atexit
     atexit.register(lambda: print("atexit ran", flush=True))
 if what == "sleep":
+    # Python makes SIGINT a KeyboardInterrupt only if it was not ignored when
+    # it started, and a shell's background job starts with it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print("sleeping", flush=True)
     time.sleep(60)
 """
