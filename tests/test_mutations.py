@@ -240,6 +240,27 @@ MUTATIONS = [
             "tests/http/test_hosts.py::test_http2_authority_is_checked_like_host",
         ),
     ),
+    Mutation(
+        "read_timeout_while_a_request_is_answered",
+        "http/server.py",
+        "if self._busy or not self.config.read_timeout:",
+        "if not self.config.read_timeout:",
+        (
+            "tests/http/test_read_timeout.py::test_an_sse_stream_lives_past_the_read_timeout",
+            "tests/http/test_read_timeout.py::"
+            "test_a_long_poll_at_the_longest_wait_gets_its_whole_answer_and_then_the_timeout",
+        ),
+    ),
+    Mutation(
+        "read_timeout_not_restarted_when_idle_again",
+        "http/server.py",
+        "                self._read_scope.deadline = self._read_deadline()\n",
+        "                pass\n",
+        (
+            "tests/http/test_read_timeout.py::"
+            "test_a_silent_connection_and_an_idle_one_are_still_cut_by_the_read_timeout",
+        ),
+    ),
 ]
 
 

@@ -15,6 +15,9 @@ server (``TCPServer``) under an accept loop of its own, so that:
 - an error inside one connection (Hypercorn's HTTP/2 code raises
   ``KeyError`` for body data on a stream it already answered) closes that
   connection only, with one log line;
+- the read timeout runs only while no request is in flight: Hypercorn's
+  also ran while a request was being answered, which cut every SSE stream
+  after 30 s and a long-poll at the full 30 s ``wait`` before its answer;
 - a connection the client closed while idle is closed at once: Hypercorn
   would keep it, and its descriptor, until its keep-alive timeout (75 s);
   so is one the client closed as its answer was being finished (a bot's
@@ -28,6 +31,7 @@ from __future__ import annotations
 import copy
 import errno
 import logging
+import math
 import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -36,9 +40,9 @@ from typing import Any
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
-from hypercorn.events import Event, Updated
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
@@ -295,12 +299,46 @@ async def _serve_connection(
 
 
 class _Connection(TCPServer):
-    """Hypercorn's connection server, ended as soon as the client is gone."""
+    """Hypercorn's connection server: a read timeout only between requests, and
+    ended as soon as the client is gone.
+
+    Hypercorn times out every read, also while a request is being answered.
+    A client waiting for its answer sends nothing, so every SSE stream was
+    cut ``read_timeout`` (30 s) after it began, and a long-poll at the most
+    ``wait`` allows (30 s) lost its answer half-written. Here the read
+    timeout runs only while no request is in flight: between requests and
+    in a request head. A request in flight is bounded by its own handler
+    (``wait``, the body's ``BODY_TIMEOUT`` in the gate, an SSE stream's
+    end when its client leaves or stalls).
+    """
 
     _read_ended = False
+    #: A request (HTTP/2: any stream) is in flight: Hypercorn said so with
+    #: ``Updated(idle=False)``, and has not said ``Updated(idle=True)`` since.
+    _busy = False
+    _read_scope: trio.CancelScope | None = None
+
+    def _read_deadline(self) -> float:
+        if self._busy or not self.config.read_timeout:
+            return math.inf
+        return trio.current_time() + self.config.read_timeout
 
     async def _read_data(self) -> None:
-        await super()._read_data()
+        # TCPServer._read_data, but with a deadline that protocol_send moves.
+        while True:
+            with trio.CancelScope(deadline=self._read_deadline()) as scope:
+                self._read_scope = scope
+                try:
+                    data = await self.stream.receive_some(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    break
+            self._read_scope = None
+            if scope.cancelled_caught:
+                break  # the read timeout
+            await self.protocol.handle(RawData(bytes(data)))
+            if not data:
+                break
+        await self.protocol.handle(Closed())
         # Reading ends at EOF, a reset, a read timeout or the server's close;
         # by then Hypercorn has told the request (if any) the client is gone.
         # The idle timer would keep the connection's task, and its socket,
@@ -309,13 +347,19 @@ class _Connection(TCPServer):
         await self.idle_task.stop()
 
     async def protocol_send(self, event: Event) -> None:
-        # A client that closes as soon as it has its answer (a bot's last
-        # long-poll) can be read to EOF before Hypercorn, finishing the
-        # answer, goes idle: the idle timer it starts then would hold the
-        # socket in CLOSE-WAIT for the keep-alive timeout. Nothing more can
-        # come on it.
-        if self._read_ended and isinstance(event, Updated) and event.idle:
-            return
+        if isinstance(event, Updated):
+            # A request began (no read deadline until it is answered) or the
+            # connection went idle (the read timeout starts again now).
+            self._busy = not event.idle
+            if self._read_scope is not None:
+                self._read_scope.deadline = self._read_deadline()
+            # A client that closes as soon as it has its answer (a bot's last
+            # long-poll) can be read to EOF before Hypercorn, finishing the
+            # answer, goes idle: the idle timer it starts then would hold the
+            # socket in CLOSE-WAIT for the keep-alive timeout. Nothing more
+            # can come on it.
+            if self._read_ended and event.idle:
+                return
         await super().protocol_send(event)
 
 
