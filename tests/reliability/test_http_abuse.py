@@ -8,6 +8,7 @@ ratchet from one round of the attack to the next) and keep serving the others.
 
 from __future__ import annotations
 
+import bisect
 import os
 import resource
 from collections import Counter
@@ -21,7 +22,7 @@ import pytest
 import trio
 
 from bezant_trio.http import server as http_server
-from bezant_trio.testing import DaemonProcess, LeanClient, fd_count, rss_kib
+from bezant_trio.testing import DaemonProcess, HTTPError, LeanClient, fd_count, rss_kib
 from helpers import SSL_CONTEXT, wait_until
 
 from .conftest import SOAK
@@ -241,28 +242,44 @@ async def test_5000_concurrent_connections_are_all_answered_and_memory_is_bounde
             for round_, opened_now in enumerate((connections, connections if SOAK else 1000)):
                 since = (await rig.status())["head_cursors"].get("orders", 0)
                 statuses: Counter[int] = Counter()
-                rearmed = [0]
+                reasked: list[float] = []  # when a long-poll that ended empty was asked again
                 url = f"{daemon.url}/events/orders?since={since}&wait=25"
 
-                emitted: list[float] = []  # when the order went out, then each answer
+                emitted: list[float] = []  # when the order went out
+                answered: list[float] = []  # when each long-poll got its answer
 
                 async def long_poll(
                     url: str = url,
                     statuses: Any = statuses,
-                    rearmed: list[int] = rearmed,
+                    reasked: list[float] = reasked,
                     emitted: list[float] = emitted,
+                    answered: list[float] = answered,
+                    of: int = opened_now,
                 ) -> None:
                     # One connection each, kept open. Beside the other lanes the
                     # waves can take longer than a long-poll's 25 s: one that ends
                     # empty is asked again on its connection, as a bot would.
-                    async with LeanClient(timeout=60) as client:
+                    # The timeout only guards against a hang (the test has its own
+                    # bound): beside busy cores, answering 5,000 at once can take
+                    # over half a minute.
+                    async with LeanClient(timeout=150) as client:
                         while True:
-                            response = await client.get(url)
+                            asked = trio.current_time()
+                            try:
+                                response = await client.get(url)
+                            except HTTPError as exc:
+                                now = trio.current_time()
+                                when = f"{now - emitted[0]:.1f} s" if emitted else "not yet"
+                                raise AssertionError(
+                                    f"{exc} (asked {now - asked:.1f} s before); {len(answered)}"
+                                    f" of {of} answered, {len(reasked)} asked again after 25 s"
+                                    f" empty; the order went out {when} ago"
+                                ) from None
                             if response.status_code != 200 or response.json()["events"]:
                                 statuses[response.status_code] += 1
-                                emitted.append(trio.current_time())
+                                answered.append(trio.current_time())
                                 return
-                            rearmed[0] += 1
+                            reasked.append(trio.current_time())
 
                 async with trio.open_nursery() as nursery:
                     # Opened in waves of 500 (the listen backlog is 1024), until
@@ -272,22 +289,30 @@ async def test_5000_concurrent_connections_are_all_answered_and_memory_is_bounde
                             nursery.start_soon(long_poll)
                         # 500 connections at once: seconds on a quiet machine, more
                         # beside the other lanes; the test's own bound covers all.
+                        # Parked, but for those asked again in the last 5 s: beside busy
+                        # cores some always are on their way, and asking "all parked at
+                        # this instant" could then never be true.
                         try:
                             await rig.wait_status(
-                                lambda s, n=opened: s["waiting"] >= n, poll=0.1, timeout=120
+                                lambda s, n=opened, r=reasked: (
+                                    s["waiting"]
+                                    >= n - (len(r) - bisect.bisect(r, trio.current_time() - 5))
+                                ),
+                                poll=0.1,
+                                timeout=120,
                             )
                         except trio.TooSlowError as exc:
                             raise trio.TooSlowError(
                                 f"{opened} long-polls opened, answers so far {dict(statuses)}"
-                                f" ({rearmed[0]} asked again after 25 s empty),"
+                                f" ({len(reasked)} asked again after 25 s empty),"
                                 f" {fd_count(os.getpid())} descriptors here; {exc}\n"
                                 f"daemon log:\n{daemon.log_text()[-3000:]}"
                             ) from None
                     peaks.append(rss_kib(daemon.pid))
                     # ...and one order answers them all.
-                    emitted.insert(0, trio.current_time())
+                    emitted.append(trio.current_time())
                     await rig.sim.emit_orders(1)
-                fanouts.append(round(emitted[-1] - emitted[0], 1))
+                fanouts.append(round(max(answered) - emitted[0], 1))
                 assert statuses == {200: opened_now}, (round_, statuses)
                 await _served(rig.client, daemon.url)
             # Every long-poll was answered: the daemon lets go of all of them,
