@@ -3,7 +3,7 @@
 A client waiting for its answer sends nothing. Hypercorn timed out that
 silence too (30 s), which cut every SSE stream 30 s after it began and a
 long-poll at the most ``wait`` allows before its answer was written (found
-by the 5,000-connection test, where an answer can take that long). The whole
+while chasing a timeout of the 5,000-connection test under load). The whole
 service runs on a real socket, on trio's autojump clock: the 30 s and 75 s
 timeouts pass in no time, and the times measured are exact.
 """
