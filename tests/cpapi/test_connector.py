@@ -194,6 +194,10 @@ async def test_drops_and_stalls_bump_epoch_inject_gaps_and_restore_subscriptions
         await wait_until(
             lambda: hub.head("orders") >= sent + outages and hub.head(md) >= sent + outages
         )
+        # The daemon can have a frame before the simulator's writer, back from
+        # the send, has noted it as written (CI once met the last one, 305).
+        await sim.wait_written("orders", sent)
+        await sim.wait_written(md, sent)
     assert conn.reconnect_count == outages == 60
     assert hub.reset_epoch == 1 + outages
     for topic, channel in (("orders", "orders"), ("marketdata:265598", "marketdata:265598")):
