@@ -225,7 +225,11 @@ async def test_slowloris_connections_are_cut_by_the_timeouts_and_others_are_serv
     assert served_during, "no ordinary request was answered while the attack lasted"
 
 
-@pytest.mark.timeout(300)  # 5,000 and 1,000 connections in waves (its own bound: 240 s)
+# 5,000 and 1,000 connections in waves. Its own bound is 420 s: 22 s alone, 40-54 s
+# in the suite, 191 s beside a busy core, and once 239 s in a quiet CI run whose
+# every test was slow. Beside busy cores it slows more than the rest: a long-poll
+# ends empty every 25 s, and 5,000 of them ask 200 times a second.
+@pytest.mark.timeout(480)
 async def test_5000_concurrent_connections_are_all_answered_and_memory_is_bounded(
     rig: Rig, tmp_path: Path
 ) -> None:
@@ -249,7 +253,7 @@ async def test_5000_concurrent_connections_are_all_answered_and_memory_is_bounde
         fanouts: list[float] = []  # seconds from the order to the last answer
         parked: list[int] = []  # long-polls parked when the order went out
         follows: list[int] = []  # answers followed past a gap or resync, per round
-        with trio.fail_after(240):
+        with trio.fail_after(420):
             # The second round looks for a ratchet: same size under BEZANT_SOAK=1,
             # a fifth in CI (a per-connection leak still shows, in half the time).
             for round_, opened_now in enumerate((connections, connections if SOAK else 1000)):
