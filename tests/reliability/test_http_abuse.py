@@ -15,6 +15,7 @@ import re
 import resource
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -225,6 +226,70 @@ async def test_slowloris_connections_are_cut_by_the_timeouts_and_others_are_serv
     assert served_during, "no ordinary request was answered while the attack lasted"
 
 
+@dataclass
+class _Round:
+    """One round of the 5,000-connection test: its long-polls' answers so far."""
+
+    size: int
+    statuses: Counter[int] = field(default_factory=Counter)
+    #: When each long-poll got its answer (the order, or an error status).
+    answered: list[float] = field(default_factory=list)
+    #: When a long-poll that ended empty after its 25 s was asked again.
+    reasked: list[float] = field(default_factory=list)
+    #: Answers with only the daemon's own events (a gap, a resync), followed.
+    followed: int = 0
+    #: When the order went out (None before).
+    emitted: float | None = None
+
+    def reasked_within(self, seconds: float) -> int:
+        return len(self.reasked) - bisect.bisect(self.reasked, trio.current_time() - seconds)
+
+    def progress(self) -> str:
+        when = (
+            "not yet" if self.emitted is None else f"{trio.current_time() - self.emitted:.1f} s ago"
+        )
+        return (
+            f"{len(self.answered)} of {self.size} answered {dict(self.statuses)},"
+            f" {len(self.reasked)} asked again after 25 s empty, {self.followed} followed"
+            f" past a gap or resync; the order went out {when}"
+        )
+
+
+async def _long_poll(round_: _Round, url: str, since: int) -> None:
+    """One connection, kept open, long-polling ``url`` until the order comes.
+
+    Beside the other lanes the waves can take longer than a long-poll's 25 s:
+    one that ends empty is asked again on its connection, as a bot would. A
+    reconnect to the gateway meanwhile (its heartbeats can be late when this
+    process is busy with 5,000 clients) puts a gap and a resync into the topic:
+    followed from their cursor, as a bot does. The timeout only guards against
+    a hang (the test has its own bound): beside busy cores, answering 5,000 at
+    once can take over half a minute.
+    """
+    async with LeanClient(timeout=150) as client:
+        while True:
+            asked = trio.current_time()
+            try:
+                response = await client.get(url, params={"since": since, "wait": 25})
+            except HTTPError as exc:
+                raise AssertionError(
+                    f"{exc} (asked {trio.current_time() - asked:.1f} s before); {round_.progress()}"
+                ) from None
+            body = response.json() if response.status_code == 200 else {}
+            events = body.get("events", [])
+            if response.status_code != 200 or any(
+                "reason" not in event["payload"] for event in events
+            ):
+                round_.statuses[response.status_code] += 1
+                round_.answered.append(trio.current_time())
+                return
+            if events:
+                since = body["next_cursor"]
+                round_.followed += 1
+            else:
+                round_.reasked.append(trio.current_time())
+
+
 # 5,000 and 1,000 connections in waves. Its own bound is 420 s: 22 s alone, 40-54 s
 # in the suite, 191 s beside a busy core, and once 239 s in a quiet CI run whose
 # every test was slow. Beside busy cores it slows more than the rest: a long-poll
@@ -258,69 +323,15 @@ async def test_5000_concurrent_connections_are_all_answered_and_memory_is_bounde
             # a fifth in CI (a per-connection leak still shows, in half the time).
             for round_, opened_now in enumerate((connections, connections if SOAK else 1000)):
                 since = (await rig.status())["head_cursors"].get("orders", 0)
-                statuses: Counter[int] = Counter()
-                reasked: list[float] = []  # when a long-poll that ended empty was asked again
+                polls = _Round(opened_now)
                 url = f"{daemon.url}/events/orders"
-                followed = [0]  # answers with only the daemon's own events (a gap, a resync)
-
-                emitted: list[float] = []  # when the order went out
-                answered: list[float] = []  # when each long-poll got its answer
-
-                async def long_poll(
-                    url: str = url,
-                    since: int = since,
-                    followed: list[int] = followed,
-                    statuses: Any = statuses,
-                    reasked: list[float] = reasked,
-                    emitted: list[float] = emitted,
-                    answered: list[float] = answered,
-                    of: int = opened_now,
-                ) -> None:
-                    # One connection each, kept open. Beside the other lanes the
-                    # waves can take longer than a long-poll's 25 s: one that ends
-                    # empty is asked again on its connection, as a bot would.
-                    # The timeout only guards against a hang (the test has its own
-                    # bound): beside busy cores, answering 5,000 at once can take
-                    # over half a minute.
-                    # A reconnect to the gateway meanwhile (its heartbeats can be late
-                    # when this process is busy with 5,000 clients) puts a gap and a
-                    # resync into the topic: followed from their cursor, as a bot does.
-                    async with LeanClient(timeout=150) as client:
-                        while True:
-                            asked = trio.current_time()
-                            try:
-                                response = await client.get(
-                                    url, params={"since": since, "wait": 25}
-                                )
-                            except HTTPError as exc:
-                                now = trio.current_time()
-                                when = f"{now - emitted[0]:.1f} s" if emitted else "not yet"
-                                raise AssertionError(
-                                    f"{exc} (asked {now - asked:.1f} s before); {len(answered)}"
-                                    f" of {of} answered, {len(reasked)} asked again after 25 s"
-                                    f" empty, {followed[0]} followed past the daemon's own events;"
-                                    f" the order went out {when} ago"
-                                ) from None
-                            body = response.json() if response.status_code == 200 else {}
-                            events = body.get("events", [])
-                            if response.status_code != 200 or any(
-                                "reason" not in event["payload"] for event in events
-                            ):
-                                statuses[response.status_code] += 1
-                                answered.append(trio.current_time())
-                                return
-                            if events:
-                                since = body["next_cursor"]
-                                followed[0] += 1
-                            else:
-                                reasked.append(trio.current_time())
 
                 async with trio.open_nursery() as nursery:
                     # Opened in waves of 500 (the listen backlog is 1024): the next
                     # wave waits until the daemon holds every connection so far.
                     for opened in range(500, opened_now + 1, 500):
                         for _ in range(500):
-                            nursery.start_soon(long_poll)
+                            nursery.start_soon(_long_poll, polls, url, since)
                         try:
                             with trio.fail_after(120):
                                 # Another process's count: polled, no event to wait on.
@@ -329,9 +340,7 @@ async def test_5000_concurrent_connections_are_all_answered_and_memory_is_bounde
                         except trio.TooSlowError:
                             raise trio.TooSlowError(
                                 f"the daemon did not hold {opened} connections within 120 s;"
-                                f" answers so far {dict(statuses)} ({len(reasked)} asked again"
-                                f" after 25 s empty, {followed[0]} followed past a gap or resync),"
-                                f" {fd_count(os.getpid())} descriptors here"
+                                f" {polls.progress()}, {fd_count(os.getpid())} descriptors here"
                                 f"\ndaemon log:\n{daemon.log_text()[-3000:]}"
                             ) from None
                     # Every connection parked in a long-poll at the same time, but for
@@ -342,21 +351,18 @@ async def test_5000_concurrent_connections_are_all_answered_and_memory_is_bounde
                     # are open, and one on its way gets the order as soon as it arrives.
                     with trio.move_on_after(30):
                         await rig.wait_status(
-                            lambda s, n=opened_now, r=reasked: (
-                                s["waiting"]
-                                >= n - (len(r) - bisect.bisect(r, trio.current_time() - 5))
-                            ),
+                            lambda s, r=polls: s["waiting"] >= r.size - r.reasked_within(5),
                             poll=0.1,
                             timeout=math.inf,
                         )
                     parked.append((await rig.status())["waiting"])
                     peaks.append(rss_kib(daemon.pid))
                     # ...and one order answers them all.
-                    emitted.append(trio.current_time())
+                    polls.emitted = trio.current_time()
                     await rig.sim.emit_orders(1)
-                fanouts.append(round(max(answered) - emitted[0], 1))
-                follows.append(followed[0])
-                assert statuses == {200: opened_now}, (round_, statuses)
+                fanouts.append(round(max(polls.answered) - polls.emitted, 1))
+                follows.append(polls.followed)
+                assert polls.statuses == {200: opened_now}, (round_, polls.statuses)
                 await _served(rig.client, daemon.url)
             # Every long-poll was answered: the daemon lets go of all of them,
             # and of their connections as soon as the clients have closed them.
