@@ -25,6 +25,7 @@ import pytest
 import trio
 
 from bezant_trio.http import server as http_server
+from bezant_trio.http.poll import MAX_WAIT
 from bezant_trio.testing import DaemonProcess, HTTPError, LeanClient, fd_count, rss_kib
 from helpers import SSL_CONTEXT, wait_until
 
@@ -226,6 +227,13 @@ async def test_slowloris_connections_are_cut_by_the_timeouts_and_others_are_serv
     assert served_during, "no ordinary request was answered while the attack lasted"
 
 
+#: A long-poll's wait: the longest the daemon allows (MAX_WAIT), so that as few
+#: as can be end empty and are asked again while the waves are opened. Safe
+#: since the read timeout stopped running while an answer is awaited
+#: (tests/http/test_read_timeout.py); at 25 s a fifth more would end empty.
+_WAIT = MAX_WAIT
+
+
 @dataclass
 class _Round:
     """One round of the 5,000-connection test: its long-polls' answers so far."""
@@ -234,7 +242,7 @@ class _Round:
     statuses: Counter[int] = field(default_factory=Counter)
     #: When each long-poll got its answer (the order, or an error status).
     answered: list[float] = field(default_factory=list)
-    #: When a long-poll that ended empty after its 25 s was asked again.
+    #: When a long-poll that ended empty after its wait was asked again.
     reasked: list[float] = field(default_factory=list)
     #: Answers with only the daemon's own events (a gap, a resync), followed.
     followed: int = 0
@@ -250,7 +258,7 @@ class _Round:
         )
         return (
             f"{len(self.answered)} of {self.size} answered {dict(self.statuses)},"
-            f" {len(self.reasked)} asked again after 25 s empty, {self.followed} followed"
+            f" {len(self.reasked)} asked again after {_WAIT:.0f} s empty, {self.followed} followed"
             f" past a gap or resync; the order went out {when}"
         )
 
@@ -258,7 +266,7 @@ class _Round:
 async def _long_poll(round_: _Round, url: str, since: int) -> None:
     """One connection, kept open, long-polling ``url`` until the order comes.
 
-    Beside the other lanes the waves can take longer than a long-poll's 25 s:
+    Beside the other lanes the waves can take longer than a long-poll's 30 s:
     one that ends empty is asked again on its connection, as a bot would. A
     reconnect to the gateway meanwhile (its heartbeats can be late when this
     process is busy with 5,000 clients) puts a gap and a resync into the topic:
@@ -270,7 +278,7 @@ async def _long_poll(round_: _Round, url: str, since: int) -> None:
         while True:
             asked = trio.current_time()
             try:
-                response = await client.get(url, params={"since": since, "wait": 25})
+                response = await client.get(url, params={"since": since, "wait": _WAIT})
             except HTTPError as exc:
                 raise AssertionError(
                     f"{exc} (asked {trio.current_time() - asked:.1f} s before); {round_.progress()}"
@@ -293,7 +301,7 @@ async def _long_poll(round_: _Round, url: str, since: int) -> None:
 # 5,000 and 1,000 connections in waves. Its own bound is 420 s: 22 s alone, 40-54 s
 # in the suite, 191 s beside a busy core, and once 239 s in a quiet CI run whose
 # every test was slow. Beside busy cores it slows more than the rest: a long-poll
-# ends empty every 25 s, and 5,000 of them ask 200 times a second.
+# ends empty every 30 s, and 5,000 of them ask 170 times a second.
 @pytest.mark.timeout(480)
 async def test_5000_concurrent_connections_are_all_answered_and_memory_is_bounded(
     rig: Rig, tmp_path: Path
@@ -345,8 +353,8 @@ async def test_5000_concurrent_connections_are_all_answered_and_memory_is_bounde
                             ) from None
                     # Every connection parked in a long-poll at the same time, but for
                     # those asked again in the last 5 s. Beside busy cores that may never
-                    # be: some of the long-polls that ended empty after their 25 s are
-                    # always on their way back (5,000 of them make 200 requests a second).
+                    # be: some of the long-polls that ended empty after their 30 s are
+                    # always on their way back (5,000 of them make 170 requests a second).
                     # Then the order goes out anyway, after 30 s: all 5,000 connections
                     # are open, and one on its way gets the order as soon as it arrives.
                     with trio.move_on_after(30):
