@@ -227,13 +227,6 @@ async def test_slowloris_connections_are_cut_by_the_timeouts_and_others_are_serv
     assert served_during, "no ordinary request was answered while the attack lasted"
 
 
-#: A long-poll's wait: the longest the daemon allows (MAX_WAIT), so that as few
-#: as can be end empty and are asked again while the waves are opened. Safe
-#: since the read timeout stopped running while an answer is awaited
-#: (tests/http/test_read_timeout.py); at 25 s a fifth more would end empty.
-_WAIT = MAX_WAIT
-
-
 @dataclass
 class _Round:
     """One round of the 5,000-connection test: its long-polls' answers so far."""
@@ -258,7 +251,7 @@ class _Round:
         )
         return (
             f"{len(self.answered)} of {self.size} answered {dict(self.statuses)},"
-            f" {len(self.reasked)} asked again after {_WAIT:.0f} s empty, {self.followed} followed"
+            f" {len(self.reasked)} asked again after {MAX_WAIT:.0f} s empty, {self.followed} followed"
             f" past a gap or resync; the order went out {when}"
         )
 
@@ -270,15 +263,18 @@ async def _long_poll(round_: _Round, url: str, since: int) -> None:
     one that ends empty is asked again on its connection, as a bot would. A
     reconnect to the gateway meanwhile (its heartbeats can be late when this
     process is busy with 5,000 clients) puts a gap and a resync into the topic:
-    followed from their cursor, as a bot does. The timeout only guards against
-    a hang (the test has its own bound): beside busy cores, answering 5,000 at
-    once can take over half a minute.
+    followed from their cursor, as a bot does. The wait is the longest the
+    daemon allows (``MAX_WAIT``), so that as few as can be end empty while the
+    waves are opened (at 25 s a fifth more would); safe since the read timeout
+    stopped running while an answer is awaited (tests/http/test_read_timeout.py).
+    The timeout only guards against a hang (the test has its own bound): beside
+    busy cores, answering 5,000 at once can take over half a minute.
     """
     async with LeanClient(timeout=150) as client:
         while True:
             asked = trio.current_time()
             try:
-                response = await client.get(url, params={"since": since, "wait": _WAIT})
+                response = await client.get(url, params={"since": since, "wait": MAX_WAIT})
             except HTTPError as exc:
                 raise AssertionError(
                     f"{exc} (asked {trio.current_time() - asked:.1f} s before); {round_.progress()}"
