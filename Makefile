@@ -6,8 +6,14 @@
 
 PYTHON ?= .venv/bin/python
 PYZ ?= dist/bezant-trio.pyz
-# Where pip finds the dependencies shiv bundles (e.g. PIP_ARGS=--no-index --find-links wheels/).
+# Where the installer finds the dependencies shiv bundles (e.g. PIP_ARGS=--no-index --find-links wheels/).
 PIP_ARGS ?=
+# The installer of the bundle's packages: uv beside PYTHON (`.ci/run` puts one in the venv) or
+# on PATH installs them in a fifth of pip's CPU time (2 s against 10 s here); UV= (empty) makes
+# shiv use pip, as it does when there is no uv.
+UV ?= $(firstword $(wildcard $(dir $(PYTHON))uv) $(shell command -v uv 2>/dev/null))
+SHIV_ARGS = --console-script bezant-trio --output-file $(PYZ) \
+	--python '/usr/bin/env python3' --reproducible --compressed
 
 .PHONY: help pyz clean-pyz
 
@@ -20,11 +26,19 @@ help:
 # start it unpacks them (compiled extensions cannot be imported from a zip) into
 # $$SHIV_ROOT (default ~/.shiv), keyed by the build, so later starts are fast.
 # --reproducible: the same tree builds the same bytes (no timestamps).
+# With uv, the packages are installed for PYTHON into a staging folder beside
+# the pyz (removed after), which shiv bundles as it would pip's.
 pyz:
 	@mkdir -p $(dir $(PYZ))
-	$(PYTHON) -m shiv --console-script bezant-trio --output-file $(PYZ) \
-		--python '/usr/bin/env python3' --reproducible --compressed \
-		--no-cache-dir $(PIP_ARGS) .
+ifneq ($(UV),)
+	@rm -rf $(PYZ).site
+	$(UV) pip install -q --native-tls --python $(PYTHON) --target $(PYZ).site --no-compile \
+		$(PIP_ARGS) .
+	$(PYTHON) -m shiv $(SHIV_ARGS) --site-packages $(PYZ).site
+	@rm -rf $(PYZ).site
+else
+	$(PYTHON) -m shiv $(SHIV_ARGS) --no-cache-dir $(PIP_ARGS) .
+endif
 	@echo "built $(PYZ)"
 
 clean-pyz:

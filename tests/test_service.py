@@ -411,7 +411,38 @@ def _shiv_available() -> bool:
     )
 
 
-@pytest.mark.timeout(240)  # shiv installs every dependency into a zipapp
+def test_make_pyz_installs_with_the_uv_beside_python_or_else_with_pip(tmp_path: Path) -> None:
+    """The Makefile's choice of installer, read from ``make -n`` (what it would run)."""
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    uv = bin_dir / "uv"
+    uv.write_text("#!/bin/sh\nexit 1\n")
+    uv.chmod(0o755)
+    pyz = tmp_path / "dist" / "b.pyz"
+
+    def planned(*args: str) -> str:
+        done = subprocess.run(
+            ["make", "-n", "pyz", f"PYZ={pyz}", f"PYTHON={bin_dir / 'python'}", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    with_uv = planned("PIP_ARGS=--no-index")
+    assert f"{uv} pip install" in with_uv and f"--target {pyz}.site" in with_uv, with_uv
+    assert "--no-index" in with_uv and f"--site-packages {pyz}.site" in with_uv, with_uv
+    with_pip = planned("UV=", "PIP_ARGS=--no-index")
+    assert "uv" not in with_pip.replace(str(tmp_path), ""), with_pip
+    assert "-m shiv" in with_pip and "--no-cache-dir --no-index ." in with_pip, with_pip
+
+
+@pytest.mark.timeout(240)  # uv (or pip) installs every dependency into a zipapp
 @pytest.mark.slow
 @pytest.mark.skipif(not _shiv_available(), reason="needs make and shiv (pip install -e '.[test]')")
 async def test_make_pyz_builds_one_file_that_runs_on_a_bare_python(tmp_path: Path) -> None:
