@@ -102,3 +102,62 @@ async def test_a_silent_connection_and_an_idle_one_are_still_cut_by_the_read_tim
             assert status_of(await read_response(stream)) == 200
             await trio.sleep(READ_TIMEOUT - 1)
         assert await _closed_after(stream) == pytest.approx(1, abs=0.01)
+
+
+async def _trickled_until_closed(stream: trio.SocketStream) -> float:
+    """Seconds until the server closes ``stream``, sent a byte of a request head every 29 s."""
+    start = trio.current_time()
+    for byte in _get("/health"):
+        try:
+            await stream.send_all(bytes([byte]))
+        except trio.BrokenResourceError:
+            break  # closed while this was asleep
+        with trio.move_on_after(READ_TIMEOUT - 1):
+            if await read_to_eof(stream) == b"":
+                break
+    return trio.current_time() - start
+
+
+async def test_a_request_head_trickled_in_is_cut_at_the_keep_alive_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A byte every 29 s never meets the read timeout; the keep-alive timeout,
+    # counted from when the connection went idle, still ends it (Hypercorn's
+    # idle timer did; now the read deadline keeps its time).
+    _, where = await _service(nursery)
+    async with await trio.open_tcp_stream(*where) as stream:  # idle since it opened
+        assert await _trickled_until_closed(stream) == pytest.approx(KEEP_ALIVE, abs=0.01)
+    async with await trio.open_tcp_stream(*where) as stream:  # idle since its answer
+        await stream.send_all(_get("/health"))
+        assert status_of(await read_response(stream)) == 200
+        await trio.sleep(10)
+        assert await _trickled_until_closed(stream) == pytest.approx(KEEP_ALIVE - 10, abs=0.01)
+
+
+async def test_at_shutdown_idle_connections_close_at_once_and_a_busy_one_gets_its_answer(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    hub = Hub(capacity_of())
+    await hub.open()
+    service = await start_service(nursery, hub)
+    where = address(service.url)
+    async with (
+        await trio.open_tcp_stream(*where) as idle,
+        await trio.open_tcp_stream(*where) as busy,
+        await trio.open_tcp_stream(*where) as silent,
+    ):
+        await idle.send_all(_get("/health"))
+        assert status_of(await read_response(idle)) == 200
+        await busy.send_all(_get("/events/orders?since=0&wait=20"))
+        await trio.sleep(1)  # the long-poll is parked (autojump: the loop is idle by then)
+        stopped = trio.current_time()
+        service.stop_accepting()
+        # The idle connection and the one that never sent a byte: closed now.
+        assert await read_to_eof(idle) == b""
+        assert await read_to_eof(silent) == b""
+        assert trio.current_time() - stopped == pytest.approx(0, abs=0.01)
+        # The busy one: an event wakes its long-poll, it gets its answer, then
+        # the connection closes (Hypercorn ends a connection after its answer at shutdown).
+        hub.publish("orders", {"orderId": 1})
+        answer = await read_to_eof(busy)
+        assert status_of(answer) == 200 and b'"orderId":1' in answer, answer[:300]

@@ -18,6 +18,10 @@ server (``TCPServer``) under an accept loop of its own, so that:
 - the read timeout runs only while no request is in flight: Hypercorn's
   also ran while a request was being answered, which cut every SSE stream
   after 30 s and a long-poll at the full 30 s ``wait`` before its answer;
+- the keep-alive timeout and the close of idle connections at shutdown are
+  kept by that same read deadline: Hypercorn starts a task for its idle timer
+  every time a connection goes idle, and cancels it at the next request,
+  which was a tenth of the daemon's CPU under a flood of long-polls;
 - a connection the client closed while idle is closed at once: Hypercorn
   would keep it, and its descriptor, until its keep-alive timeout (75 s);
   so is one the client closed as its answer was being finished (a bot's
@@ -185,12 +189,14 @@ async def _serve(
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
+    live: set[_Connection] = set()
     connection = partial(
         _serve_connection,
         wrapped,
         config,
         context,
         ConnectionState(lifespan_state.copy()),
+        live,
         slots,
         None if reserve_app is None else wrap_app(reserve_app, config.wsgi_max_body_size, "asgi"),
         _reserve_config(config),
@@ -226,6 +232,10 @@ async def _serve(
                 for listener in listeners:
                     listener.socket.close()
                 await context.terminated.set()
+                # Idle connections close now (Hypercorn's idle task did this);
+                # the busy ones close as their last answer ends.
+                for open_connection in live:
+                    open_connection.close_if_idle()
                 server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
@@ -273,6 +283,7 @@ async def _serve_connection(
     config: HypercornConfig,
     context: WorkerContext,
     state: ConnectionState,
+    live: set[_Connection],
     slots: ConnectionSlots | None,
     reserve_app: Any,
     reserve_config: HypercornConfig,
@@ -281,8 +292,10 @@ async def _serve_connection(
 ) -> None:
     if reserved:
         app, config = reserve_app, reserve_config
+    connection = _Connection(app, config, context, state, stream)  # type: ignore[arg-type]
+    live.add(connection)
     try:
-        await _Connection(app, config, context, state, stream)  # type: ignore[arg-type]
+        await connection
     except BaseExceptionGroup as group:
         errors, rest = group.split(Exception)
         _log_connection_error(errors)
@@ -291,6 +304,7 @@ async def _serve_connection(
     except Exception as exc:
         _log_connection_error(exc)
     finally:
+        live.discard(connection)
         if slots is not None:
             slots.open -= 1
         # TCPServer closes the stream itself; this is for when it failed before.
@@ -298,30 +312,65 @@ async def _serve_connection(
             await stream.aclose()
 
 
+class _NoIdleTask:
+    """Stands in for Hypercorn's idle task, which ``_Connection``'s read deadline replaces."""
+
+    async def restart(self, task_group: Any, action: Any) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+_NO_IDLE_TASK = _NoIdleTask()
+
+
 class _Connection(TCPServer):
-    """Hypercorn's connection server: a read timeout only between requests, and
-    ended as soon as the client is gone.
+    """Hypercorn's connection server, with one deadline on its reads for every timeout.
 
     Hypercorn times out every read, also while a request is being answered.
     A client waiting for its answer sends nothing, so every SSE stream was
     cut ``read_timeout`` (30 s) after it began, and a long-poll at the most
     ``wait`` allows (30 s) lost its answer half-written. Here the read
-    timeout runs only while no request is in flight: between requests and
+    deadline runs only while no request is in flight: between requests and
     in a request head. A request in flight is bounded by its own handler
     (``wait``, the body's ``BODY_TIMEOUT`` in the gate, an SSE stream's
     end when its client leaves or stalls).
+
+    While idle, the deadline is the sooner of the read timeout after the
+    last read and the keep-alive timeout after the connection went idle
+    (Hypercorn's idle timer: a request head trickled a byte at a time is
+    still cut then), and it is now once the server is stopping (Hypercorn's
+    idle task closed idle connections at shutdown). Hypercorn's own idle
+    task, a task started at every idle and cancelled at every request, is
+    not run. When the deadline passes, reading ends and the connection
+    closes, as Hypercorn's timers closed it.
     """
 
-    _read_ended = False
     #: A request (HTTP/2: any stream) is in flight: Hypercorn said so with
     #: ``Updated(idle=False)``, and has not said ``Updated(idle=True)`` since.
     _busy = False
     _read_scope: trio.CancelScope | None = None
 
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.idle_task = _NO_IDLE_TASK  # type: ignore[assignment]
+        #: When the keep-alive timeout ends this idle spell (a new connection is idle).
+        self._idle_until = trio.current_time() + self.config.keep_alive_timeout
+
     def _read_deadline(self) -> float:
-        if self._busy or not self.config.read_timeout:
+        if self._busy:
             return math.inf
-        return trio.current_time() + self.config.read_timeout
+        if self.context.terminated.is_set():
+            return -math.inf
+        if self.config.read_timeout:
+            return min(self._idle_until, trio.current_time() + self.config.read_timeout)
+        return self._idle_until
+
+    def close_if_idle(self) -> None:
+        """At shutdown: end an idle connection now (a busy one ends after its answer)."""
+        if self._read_scope is not None:
+            self._read_scope.deadline = self._read_deadline()
 
     async def _read_data(self) -> None:
         # TCPServer._read_data, but with a deadline that protocol_send moves.
@@ -334,32 +383,26 @@ class _Connection(TCPServer):
                     break
             self._read_scope = None
             if scope.cancelled_caught:
-                break  # the read timeout
+                break  # a timeout, or the server stopping
             await self.protocol.handle(RawData(bytes(data)))
             if not data:
                 break
+        # Reading ends at EOF, a reset, a timeout or the server's close; by
+        # then Hypercorn has been told the client is gone (and tells the
+        # request, if any). No idle timer holds the connection's task, and its
+        # socket, after that: the connection ends with its last request.
         await self.protocol.handle(Closed())
-        # Reading ends at EOF, a reset, a read timeout or the server's close;
-        # by then Hypercorn has told the request (if any) the client is gone.
-        # The idle timer would keep the connection's task, and its socket,
-        # for the rest of the keep-alive timeout: stop it.
-        self._read_ended = True
-        await self.idle_task.stop()
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, Updated):
             # A request began (no read deadline until it is answered) or the
-            # connection went idle (the read timeout starts again now).
+            # connection went idle (the keep-alive and read timeouts start now).
             self._busy = not event.idle
+            if event.idle:
+                self._idle_until = trio.current_time() + self.config.keep_alive_timeout
             if self._read_scope is not None:
                 self._read_scope.deadline = self._read_deadline()
-            # A client that closes as soon as it has its answer (a bot's last
-            # long-poll) can be read to EOF before Hypercorn, finishing the
-            # answer, goes idle: the idle timer it starts then would hold the
-            # socket in CLOSE-WAIT for the keep-alive timeout. Nothing more
-            # can come on it.
-            if self._read_ended and event.idle:
-                return
+            return
         await super().protocol_send(event)
 
 
