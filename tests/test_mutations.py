@@ -243,8 +243,8 @@ MUTATIONS = [
     Mutation(
         "read_timeout_while_a_request_is_answered",
         "http/server.py",
-        "if self._busy or not self.config.read_timeout:",
-        "if not self.config.read_timeout:",
+        "        if self._busy:\n            return math.inf\n",
+        "",
         (
             "tests/http/test_read_timeout.py::test_an_sse_stream_lives_past_the_read_timeout",
             "tests/http/test_read_timeout.py::"
@@ -259,6 +259,26 @@ MUTATIONS = [
         (
             "tests/http/test_read_timeout.py::"
             "test_a_silent_connection_and_an_idle_one_are_still_cut_by_the_read_timeout",
+        ),
+    ),
+    Mutation(
+        "keep_alive_timeout_not_kept_while_a_head_trickles_in",
+        "http/server.py",
+        "return min(self._idle_until, trio.current_time() + self.config.read_timeout)",
+        "return trio.current_time() + self.config.read_timeout",
+        (
+            "tests/http/test_read_timeout.py::"
+            "test_a_request_head_trickled_in_is_cut_at_the_keep_alive_timeout",
+        ),
+    ),
+    Mutation(
+        "idle_connections_kept_at_shutdown",
+        "http/server.py",
+        "        if self.context.terminated.is_set():\n            return -math.inf\n",
+        "",
+        (
+            "tests/http/test_read_timeout.py::"
+            "test_at_shutdown_idle_connections_close_at_once_and_a_busy_one_gets_its_answer",
         ),
     ),
 ]
