@@ -274,9 +274,22 @@ async def test_unknown_path_is_404_envelope(serve, client, hub) -> None:
     with trio.fail_after(10):
         base = await _url(serve, hub)
         r = await client.get(f"{base}/nope")
-        r2 = await client.post(f"{base}/events/orders")
+        r2 = await client.post(f"{base}/events/orders")  # the fast path's 405
+        r3 = await client.delete(f"{base}/events/_status")  # Quart's
+        r4 = await client.request("OPTIONS", f"{base}/state/orders/7")
     assert r.status_code == 404 and r.json()["code"] == "not_found"
-    assert r2.status_code == 405 and r2.json()["code"] == "method_not_allowed"
+    for answer, method, path in (
+        (r2, "POST", "/events/orders"),
+        (r3, "DELETE", "/events/_status"),
+        (r4, "OPTIONS", "/state/orders/7"),
+    ):
+        assert answer.status_code == 405, answer.text
+        assert answer.json() == {
+            "code": "method_not_allowed",
+            "message": f"{method} is not allowed on {path}",
+        }
+        # RFC 9110 15.5.6: a 405 names the methods the target allows.
+        assert answer.headers["allow"] == "GET, HEAD"
 
 
 async def test_too_many_conids_is_429(serve, client) -> None:

@@ -231,8 +231,23 @@ PLAIN_TABLE: list[tuple[bytes, bool]] = [
     (_get("/nope"), False),
     (_get("/openapi.json"), False),
     (_request(b"/events/orders?since=0", method=b"HEAD"), False),
-    (_request(b"/events/orders", method=b"POST", body=b""), False),
-    (_request(b"/events/orders", method=b"OPTIONS"), False),
+    (_request(b"/events/_status", method=b"POST"), False),
+    (_request(b"/events/orders/stream", method=b"DELETE"), False),
+    (_request(b"/nope", method=b"FOO"), False),  # 404 before 405
+    # a method no route allows on a poll route: the fast path's 405, with Allow
+    (_request(b"/events/orders", method=b"POST", body=b""), True),
+    (_request(b"/events/orders", method=b"OPTIONS"), True),
+    (_request(b"/events/orders?since=1&limit=x", method=b"PUT"), True),  # 405 before 400
+    (_request(b"/events/never_seen", method=b"DELETE"), True),
+    (_request(b"/events/marketdata?conid=265598", method=b"PATCH"), True),
+    (_request(b"/events/marketdata", method=b"TRACE"), True),  # 405 before the missing conid
+    (_request(b"/events/bars:77", method=b"POST"), True),  # 405 before 429
+    (_request(b"/events/%6Frders", method=b"POST"), True),  # the path as Quart sees it
+    (_request(b"/events/orders", method=b"Q" * 8000), True),  # made up: labelled other
+    (_request(b"/events/orders", method=b"get"), True),  # methods are case-sensitive
+    (_request(b"/events/orders", b"Content-Length: 2", method=b"POST", body=b"{}"), False),
+    (_request(b"/events/orders", method=b"POST", host=b"attacker.example"), True),  # 403 first
+    (_request(b"/events/Orders", method=b"POST"), False),  # not a topic the fast path knows
     # requests with a body, or asking to send one
     (_get("/events/orders?since=1", b"Content-Length: 3") + b"abc", False),
     (_get("/events/orders?since=1", b"Content-Length: 0"), True),  # no body after all
@@ -274,6 +289,9 @@ TOKEN_TABLE: list[tuple[bytes, bool]] = [
     (_get("/events/marketdata"), True),  # 401 before the missing conid
     (_get("/events/marketdata?conid=77"), True),  # 401 before 429
     (_get("/events/ntf?since=1"), True),  # 401 before 412
+    (_request(b"/events/orders", method=b"POST"), True),  # 401 before 405
+    (_request(b"/events/orders", b"Authorization: Bearer wrong", method=b"FOO"), True),
+    (_request(b"/events/marketdata", _RIGHT, method=b"DELETE"), True),  # then the 405
     # a 401 Quart gives
     (_get("/events/Orders?since=1"), False),
     (_get("/events/orders?since=%31"), False),

@@ -14,11 +14,18 @@ import logging
 
 from quart import Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from bezant_trio.http.console import PUBLIC_PATHS, install_console
 from bezant_trio.http.context import HttpContext
-from bezant_trio.http.errors import UNAUTHORIZED_MESSAGE, ApiError, error_response, json_response
+from bezant_trio.http.errors import (
+    UNAUTHORIZED_MESSAGE,
+    ApiError,
+    allow_header,
+    error_response,
+    json_response,
+    method_not_allowed_message,
+)
 from bezant_trio.http.fastpath import FastPolls
 from bezant_trio.http.hosts import HOST_NOT_ALLOWED_MESSAGE
 from bezant_trio.http.metrics import CONTENT_TYPE, DaemonMetrics
@@ -92,9 +99,13 @@ def create_app(
         }.get(err.code or 500, "http_error")
         message = {
             404: f"no route for {request.path}; see /openapi.json",
-            405: f"{request.method} is not allowed on {request.path}",
+            405: method_not_allowed_message(request.method, request.path),
         }.get(err.code or 500, err.description or "bad request")
-        return error_response(err.code or 500, code, message)
+        response = error_response(err.code or 500, code, message)
+        if isinstance(err, MethodNotAllowed) and err.valid_methods:
+            # RFC 9110 15.5.6: a 405 names the methods the target allows.
+            response.headers["Allow"] = allow_header(err.valid_methods)
+        return response
 
     @app.errorhandler(Exception)
     async def _unexpected(err: Exception) -> Response:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 from quart import Response
 
-__all__ = ["UNAUTHORIZED_MESSAGE", "ApiError", "error_response", "json_response"]
+__all__ = [
+    "UNAUTHORIZED_MESSAGE",
+    "ApiError",
+    "allow_header",
+    "error_response",
+    "json_response",
+    "method_not_allowed_message",
+]
 
 #: What every 401 (code ``unauthorized``) says, from Quart and from the fast path.
 UNAUTHORIZED_MESSAGE = (
@@ -38,3 +46,13 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 def error_response(status: int, code: str, message: str, **extra: Any) -> Response:
     """``{"code": code, "message": message, ...extra}`` with ``status``."""
     return json_response({"code": code, "message": message, **extra}, status=status)
+
+
+def method_not_allowed_message(method: str, path: str) -> str:
+    """What every 405 (code ``method_not_allowed``) says, from Quart and from the fast path."""
+    return f"{method} is not allowed on {path}"
+
+
+def allow_header(methods: Iterable[str]) -> str:
+    """A 405's ``Allow`` value: the methods, sorted (werkzeug gives them in set order)."""
+    return ", ".join(sorted(methods))

@@ -7,9 +7,12 @@ and ``GET /events/marketdata?conid=N`` with a well-formed query and no
 request body (``Content-Length: 0`` is none), by calling the hub through the
 same code as the Quart route (``http.poll``) and sending the same status,
 headers and body. Everything else goes to the Quart app unchanged: other
-routes and methods, anything it does not parse, and every error (400, 412, 429, 503) but two: the 401 for a
+routes and methods, anything it does not parse, and every error (400, 412, 429, 503) but three: the 401 for a
 wrong or missing token and, without a token, the 403 for a ``Host`` or
-browser origin that is not allowed (``http.hosts``), on these two routes. A
+browser origin that is not allowed (``http.hosts``), on these two routes, and
+the 405 (with its ``Allow``) for a method no route allows on them, after those
+two checks, as Quart orders them: a flood of made-up methods is refused for a
+fraction of what Quart's request context and error handler cost. A
 token is checked once per request, in constant time (``params.bearer_matches``),
 so the layer that checked it gives the 401; the same goes for the 403.
 ``tests/http/test_http_fastpath.py`` holds both paths to the same bytes.
@@ -28,7 +31,12 @@ import trio
 from quart_trio import QuartTrio
 
 from bezant_trio.http.context import HttpContext
-from bezant_trio.http.errors import UNAUTHORIZED_MESSAGE, ApiError
+from bezant_trio.http.errors import (
+    UNAUTHORIZED_MESSAGE,
+    ApiError,
+    allow_header,
+    method_not_allowed_message,
+)
 from bezant_trio.http.hosts import HOST_NOT_ALLOWED_MESSAGE
 from bezant_trio.http.params import bearer_matches, parse_int
 from bezant_trio.http.poll import PollArgs, events_body, poll_args, should_wait, wait_and_read
@@ -41,6 +49,9 @@ __all__ = ["FastPolls"]
 #: The route template Quart knows topic polls by (request metrics key on it);
 #: ``/events/marketdata`` (and bars, book) are routes of their own.
 TOPIC_ROUTE = "/events/<topic>"
+#: The route label of a request no route matched (an unknown path, a 405): what
+#: Quart's ``after_request`` hooks see for a method a route does not allow.
+UNMATCHED = "unmatched"
 
 #: A request carrying any of these goes to Quart (``http.gate`` drops the body either way;
 #: these are rare enough that the fast path need not answer them); but
@@ -74,7 +85,19 @@ class FastPolls:
 
     def install(self, app: QuartTrio, ctx: HttpContext) -> None:
         """Wrap ``app.asgi_app``, so the app served stays the Quart app (Quart's advice)."""
-        app.asgi_app = _FastPollApp(app.asgi_app, ctx, self)  # type: ignore[method-assign]
+        app.asgi_app = _FastPollApp(app.asgi_app, ctx, self, _allowed_methods(app))  # type: ignore[method-assign]
+
+
+def _allowed_methods(app: QuartTrio) -> dict[str, frozenset[str]]:
+    """The methods Quart's routes allow on the fast path's paths, by route label.
+
+    Asked of Quart's own URL map (what its 405 says), once: every path a label
+    stands for is matched by the same rules.
+    """
+    adapter = app.url_map.bind("localhost")
+    paths = {TOPIC_ROUTE: "/events/orders"}
+    paths.update((f"/events/{family}", f"/events/{family}") for family in CONID_FAMILIES)
+    return {route: frozenset(adapter.allowed_methods(path)) for route, path in paths.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,20 +113,40 @@ class _Poll:
 
 @dataclass(frozen=True, slots=True)
 class _Refused:
-    """A request to one of the poll routes that Quart's ``before_request`` would refuse."""
+    """A request to one of the poll routes that Quart would refuse: 401, 403 or 405."""
 
+    #: The route label and method Quart's ``after_request`` hooks would see.
     route: str
+    method: str
     status: int
+    headers: list[tuple[bytes, bytes]]
     body: bytes
+
+
+def _refused(
+    route: str, method: str, status: int, body: bytes, *headers: tuple[bytes, bytes]
+) -> _Refused:
+    return _Refused(route, method, status, [_JSON, _length(body), *headers], body)
 
 
 class _FastPollApp:
     """The ASGI callable: answers plain polls, hands everything else to ``quart_app``."""
 
-    def __init__(self, quart_app: Any, ctx: HttpContext, polls: FastPolls) -> None:
+    def __init__(
+        self,
+        quart_app: Any,
+        ctx: HttpContext,
+        polls: FastPolls,
+        allowed: dict[str, frozenset[str]],
+    ) -> None:
         self._quart_app = quart_app
         self._ctx = ctx
         self._polls = polls
+        #: Per route label, the methods its routes allow, and their ``Allow`` header.
+        self._allowed = allowed
+        self._allow = {
+            route: (b"allow", allow_header(methods).encode()) for route, methods in allowed.items()
+        }
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         polls = self._polls
@@ -114,7 +157,7 @@ class _FastPollApp:
                 return
             if type(plan) is _Refused:
                 await self._send(
-                    plan.route, plan.status, [_JSON, _length(plan.body)], plan.body, send
+                    plan.route, plan.method, plan.status, plan.headers, plan.body, send
                 )
                 return
             polls.passed_on += 1
@@ -125,9 +168,9 @@ class _FastPollApp:
 
         Checks in Quart's order where the answers differ: the token, or
         without one the ``Host`` (Quart's ``before_request``), before the
-        query's values (the route's).
+        method (its routing) and the query's values (the route's).
         """
-        if scope["method"] != "GET" or scope.get("root_path"):
+        if scope.get("root_path"):
             return None
         path: str = scope["path"]
         if not path.startswith("/events/") or self._ctx.hub is None:
@@ -139,6 +182,14 @@ class _FastPollApp:
             route = TOPIC_ROUTE
         else:
             return None  # another route, or a bad topic
+        method: str = scope["method"]
+        # Quart's metrics label: the route, or for a method its routing refused
+        # none, whatever the answer.
+        label = route
+        if method != "GET":
+            if method in self._allowed[route]:
+                return None  # HEAD: Quart's
+            label = UNMATCHED
         authorization: bytes | None = None
         for header, value in scope["headers"]:
             if header == b"authorization":
@@ -154,13 +205,17 @@ class _FastPollApp:
         token = self._ctx.token
         if token is None:
             if not self._ctx.hosts.allows(scope["headers"]):
-                return _Refused(route, 403, _HOST_NOT_ALLOWED)
+                return _refused(label, method, 403, _HOST_NOT_ALLOWED)
         # Quart decodes header values as latin-1: decoded the same way, a
         # header passes here exactly when it passes there.
         elif not bearer_matches(
             "" if authorization is None else authorization.decode("latin-1"), token
         ):
-            return _Refused(route, 401, _UNAUTHORIZED)
+            return _refused(label, method, 401, _UNAUTHORIZED)
+        if label is UNMATCHED:
+            message = method_not_allowed_message(method, path)
+            body = orjson.dumps({"code": "method_not_allowed", "message": message})
+            return _refused(label, method, 405, body, self._allow[route])
         try:
             if route != TOPIC_ROUTE:  # /events/marketdata?conid=N and the like
                 raw_conid = query.get("conid")
@@ -219,19 +274,25 @@ class _FastPollApp:
         cursor = str(answer.next_cursor).encode()
         if not answer.events and answer.known:
             headers = [(b"x-bezant-cursor", cursor), _HTML, _NO_BODY]
-            await self._send(poll.route, 204, headers, b"", send)
+            await self._send(poll.route, "GET", 204, headers, b"", send)
         else:
             body = events_body(answer, hub.reset_epoch)
             headers = [(b"x-bezant-cursor", cursor), _JSON, _length(body)]
-            await self._send(poll.route, 200, headers, body, send)
+            await self._send(poll.route, "GET", 200, headers, body, send)
 
     async def _send(
-        self, route: str, status: int, headers: list[tuple[bytes, bytes]], body: bytes, send: Any
+        self,
+        route: str,
+        method: str,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        send: Any,
     ) -> None:
         polls = self._polls
         polls.answered += 1
         for observe in polls.observers:
-            observe(route, "GET", status)
+            observe(route, method, status)
         # Not under a timeout, unlike Quart's RESPONSE_TIMEOUT: Hypercorn shields
         # its socket writes, and TCP_USER_TIMEOUT drops a stalled reader (server.py).
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -39,7 +39,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from bezant_trio import __version__
-from bezant_trio.http.fastpath import FastPolls
+from bezant_trio.http.fastpath import UNMATCHED, FastPolls
 from bezant_trio.store.hub import Hub
 from bezant_trio.wants import Wants
 
@@ -51,8 +51,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 )
-#: The route label of a request no route matched (an unknown path, a 405).
-UNMATCHED = "unmatched"
 
 _COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 10, 50, 100, 500, 1000, 5000)
