@@ -2181,9 +2181,10 @@ def main() -> int:
             else str(BENCH_DIR / "RESULTS.md")
         )
     if args.quick and not args.profile:
-        # The smoke's figures mean nothing, so its daemons fork from one
-        # process that imported the daemon (a second of CPU each, 18 of them);
-        # a measured run execs each, as a user's start would.
+        # The smoke's figures mean nothing, so its daemons (a second of CPU
+        # each, 18 of them) and scripts (gateways, baselines, load generators:
+        # half a second each, 34 of them) fork from one process that imported
+        # the daemon; a measured run execs each, as a user's start would.
         fork_children()
     try:
         return trio.run(amain, args)

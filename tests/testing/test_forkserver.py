@@ -23,7 +23,7 @@ from bezant_trio.testing import ChildProcess, DaemonProcess, child_env, run_cli
 from bezant_trio.testing.forkserver import ForkServer
 from bezant_trio.testing.process import fork_children, forking
 
-#: A module run as ``python -m probe WHAT`` from its directory.
+#: A module run as ``python -m probe WHAT`` from its directory (or as ``python /abs/probe.py WHAT``).
 PROBE = """
 import json, os, signal, sys, time
 what = sys.argv[1]
@@ -31,6 +31,7 @@ if what == "report":
     print(json.dumps({
         "argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0], "name": __name__,
         "file": __file__, "env": os.environ.get("PROBE"), "tz": time.tzname[0],
+        "spec": getattr(__spec__, "name", None), "main": sys.modules["__main__"].__file__,
         "stdin": sys.stdin.read(), "fds": sorted(os.listdir("/proc/self/fd")),
         "signals": {name: str(signal.getsignal(getattr(signal, name)))
                     for name in ("SIGINT", "SIGTERM", "SIGPIPE", "SIGCHLD", "SIGXFSZ", "SIGHUP")},
@@ -87,6 +88,35 @@ async def _run(
     assert child.forked is fork
     code = await child.wait(timeout=30)
     return code, child.log_text()
+
+
+async def test_a_forked_script_sees_what_python_script_gives_it(tmp_path: Path) -> None:
+    # Run from another directory, through a symlink: sys.path[0] is where the
+    # script really is, argv[0] and __file__ the path it was given.
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "probe.py").write_text(PROBE)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link.py").symlink_to(real / "probe.py")
+    reports = []
+    for fork in (False, True):
+        child = ChildProcess(
+            [sys.executable, str(tmp_path / "link.py"), "report"],
+            tmp_path / f"script-{fork}.log",
+            cwd=tmp_path / "elsewhere",
+            env={"PROBE": "given"},
+            fork=fork,
+        )
+        assert child.forked is fork
+        assert await child.wait(timeout=30) == 3
+        reports.append(json.loads(child.log_text().splitlines()[0]))
+    exec_report, fork_report = reports
+    assert fork_report == exec_report
+    assert exec_report["argv"] == [str(tmp_path / "link.py"), "report"]
+    assert exec_report["file"] == exec_report["main"] == str(tmp_path / "link.py")
+    assert exec_report["path0"] == str(real) and exec_report["spec"] is None
+    assert exec_report["cwd"] == str(tmp_path / "elsewhere")
+    assert exec_report["name"] == "__main__" and exec_report["env"] == "given"
 
 
 async def test_a_forked_module_sees_what_python_m_gives_it(probe_dir: Path) -> None:
@@ -226,9 +256,13 @@ def _gone(pid: int) -> bool:
 
 
 def test_what_the_server_cannot_give_is_exec_d_or_refused(tmp_path: Path) -> None:
-    # Not a python -m command, or another PYTHONPATH: exec'd without a word.
+    # Not a python -m command or a script by its absolute path, or another
+    # PYTHONPATH: exec'd without a word.
     other = ChildProcess([sys.executable, "-c", "pass"], tmp_path / "c.log")
     assert not other.forked
+    (tmp_path / "s.py").write_text("")
+    relative = ChildProcess([sys.executable, "s.py"], tmp_path / "r.log", cwd=tmp_path)
+    assert not relative.forked
     elsewhere = ChildProcess(
         [sys.executable, "-m", "json.tool", "--help"],
         tmp_path / "p.log",

@@ -1,4 +1,4 @@
-"""``python -m <module>`` children forked from a process that imported the daemon once.
+"""``python -m <module>`` and ``python /abs/script.py`` children forked from a process that imported the daemon once.
 
 Starting ``python -m bezant_trio`` costs about a second of CPU here before
 ``main()`` runs, nearly all of it imports (Quart pulls in Flask, Jinja2 and
@@ -9,12 +9,16 @@ is one process that imported them once (:data:`PRELOAD`) and forks a child per
 run. Each child is a process of its own (its own pid, signals, ``kill -9``,
 exit status, file descriptors, working directory and environment) that runs
 ``runpy.run_module(module, run_name="__main__")`` with ``sys.argv`` set, which
-is what ``python -m module`` does once the interpreter is up.
+is what ``python -m module`` does once the interpreter is up; a script given
+by its absolute path runs by ``runpy.run_path`` with the script's directory
+first on ``sys.path``, which is what ``python script.py`` does (the bench's
+gateway, baselines and load generators: about 0.5 s of CPU each, exec'd).
 
 What a forked child does not repeat is the interpreter's start-up itself:
 the imports, and whatever the environment decides at that moment (the
 ``PYTHON*`` variables, the locale). So :func:`forkable` accepts only
-``[sys.executable, "-m", module, ...]``, and :mod:`bezant_trio.testing.process`
+``[sys.executable, "-m", module, ...]`` and ``[sys.executable, "/abs/path.py", ...]``,
+and :mod:`bezant_trio.testing.process`
 forks it only with an environment that agrees with the server's on those
 variables; anything else (a launcher, another interpreter, a ``PYTHONPATH``
 of its own) is exec'd as before, as are the tests of start-up itself (the
@@ -81,9 +85,18 @@ def import_env(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
 
 
 def forkable(argv: Sequence[str]) -> str | None:
-    """The module of ``[sys.executable, "-m", module, ...]``; None for any other command."""
-    if len(argv) >= 3 and argv[0] == sys.executable and argv[1] == "-m":
-        return argv[2]
+    """What a forked child would run, or None for a command that cannot fork.
+
+    The module of ``[sys.executable, "-m", module, ...]``, or the script of
+    ``[sys.executable, "/abs/script.py", ...]`` (absolute, so that ``__file__``
+    and ``sys.argv[0]`` are the same path, as ``runpy.run_path`` makes them).
+    """
+    if len(argv) < 2 or argv[0] != sys.executable:
+        return None
+    if argv[1] == "-m":
+        return argv[2] if len(argv) >= 3 else None
+    if os.path.isabs(argv[1]) and argv[1].endswith(".py"):
+        return argv[1]
     return None
 
 
@@ -228,7 +241,9 @@ class ForkServer:
     ) -> ForkedChild:
         """Fork a child that runs ``argv`` (see :func:`forkable`); returns once it has a pid."""
         if forkable(argv) is None:
-            raise ValueError(f"not a python -m command of this interpreter: {list(argv)[:3]}")
+            raise ValueError(
+                f"not a python -m command or script of this interpreter: {list(argv)[:3]}"
+            )
         if import_env(env) != self.key:
             raise ValueError("the child's PYTHON*/locale variables differ from the server's")
         cwd = os.fspath(cwd) if cwd is not None else os.getcwd()
@@ -284,21 +299,28 @@ def _exit_code(code: object) -> int:
 
 
 def _run_child(request: dict[str, Any]) -> int:
-    """In the forked child: become ``python -m module args`` and run it; its exit status."""
+    """In the forked child: become ``python -m module ...`` or ``python script ...``; its exit status."""
     os.environ.clear()
     os.environ.update(request["env"])
     time.tzset()
     os.chdir(request["cwd"])
     argv = request["argv"]
-    module = argv[2]
-    # python -m puts the working directory first on sys.path, and runpy
-    # (alter_sys) replaces argv[0] with the module's file, as it does there.
-    sys.path[0] = os.getcwd()
-    sys.argv = [argv[0], *argv[3:]]
     try:
         import runpy
 
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        if argv[1] == "-m":
+            # python -m puts the working directory first on sys.path, and runpy
+            # (alter_sys) replaces argv[0] with the module's file, as it does there.
+            sys.path[0] = os.getcwd()
+            sys.argv = [argv[0], *argv[3:]]
+            runpy.run_module(argv[2], run_name="__main__", alter_sys=True)
+        else:
+            # python script.py puts the script's directory, symlinks resolved,
+            # first on sys.path; argv[0] and __file__ are the script's path.
+            script = argv[1]
+            sys.path[0] = os.path.dirname(os.path.realpath(script))
+            sys.argv = [script, *argv[2:]]
+            runpy.run_path(script, run_name="__main__")
     except SystemExit as exc:
         return _exit_code(exc.code)
     except KeyboardInterrupt:
