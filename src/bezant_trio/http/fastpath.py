@@ -183,13 +183,12 @@ class _FastPollApp:
         else:
             return None  # another route, or a bad topic
         method: str = scope["method"]
-        # Quart's metrics label: the route, or for a method its routing refused
-        # none, whatever the answer.
-        label = route
-        if method != "GET":
-            if method in self._allowed[route]:
-                return None  # HEAD: Quart's
-            label = UNMATCHED
+        polled = method == "GET"
+        if not polled and method in self._allowed[route]:
+            return None  # HEAD: Quart's
+        # The route label Quart's metrics give: none for a method its routing
+        # refuses, whatever the answer (its 401 or 403 too).
+        label = route if polled else UNMATCHED
         authorization: bytes | None = None
         for header, value in scope["headers"]:
             if header == b"authorization":
@@ -212,7 +211,7 @@ class _FastPollApp:
             "" if authorization is None else authorization.decode("latin-1"), token
         ):
             return _refused(label, method, 401, _UNAUTHORIZED)
-        if label is UNMATCHED:
+        if not polled:
             message = method_not_allowed_message(method, path)
             body = orjson.dumps({"code": "method_not_allowed", "message": message})
             return _refused(label, method, 405, body, self._allow[route])
