@@ -19,7 +19,7 @@ from serving import address, read_response, read_to_eof, start_service, status_o
 from bezant_trio.http.poll import MAX_WAIT
 from bezant_trio.http.server import hypercorn_config
 from bezant_trio.store.hub import Hub
-from helpers import capacity_of
+from helpers import capacity_of, wait_until
 
 READ_TIMEOUT = hypercorn_config("127.0.0.1:0").read_timeout
 KEEP_ALIVE = hypercorn_config("127.0.0.1:0").keep_alive_timeout
@@ -150,7 +150,8 @@ async def test_at_shutdown_idle_connections_close_at_once_and_a_busy_one_gets_it
         await idle.send_all(_get("/health"))
         assert status_of(await read_response(idle)) == 200
         await busy.send_all(_get("/events/orders?since=0&wait=20"))
-        await trio.sleep(1)  # the long-poll is parked (autojump: the loop is idle by then)
+        with trio.fail_after(5):
+            await wait_until(lambda: hub.waiting == 1)  # the long-poll is parked
         stopped = trio.current_time()
         service.stop_accepting()
         # The idle connection and the one that never sent a byte: closed now.
