@@ -76,12 +76,20 @@ def probe_dir(tmp_path: Path) -> Path:
 
 
 async def _run(
-    probe_dir: Path, what: str, *, fork: bool, env: dict[str, str] | None = None
+    probe_dir: Path,
+    what: str,
+    *,
+    fork: bool,
+    env: dict[str, str] | None = None,
+    script: Path | None = None,
+    cwd: Path | None = None,
 ) -> tuple[int, str]:
+    """``python -m probe WHAT`` from ``probe_dir`` (or ``python SCRIPT WHAT`` from ``cwd``)."""
+    target = ["-m", "probe"] if script is None else [str(script)]
     child = ChildProcess(
-        [sys.executable, "-m", "probe", what],
+        [sys.executable, *target, what],
         probe_dir / f"{what}-{fork}.log",
-        cwd=probe_dir,
+        cwd=cwd or probe_dir,
         env=env,
         fork=fork,
     )
@@ -100,16 +108,16 @@ async def test_a_forked_script_sees_what_python_script_gives_it(tmp_path: Path) 
     (tmp_path / "link.py").symlink_to(real / "probe.py")
     reports = []
     for fork in (False, True):
-        child = ChildProcess(
-            [sys.executable, str(tmp_path / "link.py"), "report"],
-            tmp_path / f"script-{fork}.log",
-            cwd=tmp_path / "elsewhere",
-            env={"PROBE": "given"},
+        code, log = await _run(
+            tmp_path,
+            "report",
             fork=fork,
+            env={"PROBE": "given"},
+            script=tmp_path / "link.py",
+            cwd=tmp_path / "elsewhere",
         )
-        assert child.forked is fork
-        assert await child.wait(timeout=30) == 3
-        reports.append(json.loads(child.log_text().splitlines()[0]))
+        assert code == 3, log
+        reports.append(json.loads(log.splitlines()[0]))
     exec_report, fork_report = reports
     assert fork_report == exec_report
     assert exec_report["argv"] == [str(tmp_path / "link.py"), "report"]

@@ -1,4 +1,4 @@
-"""``python -m <module>`` and ``python /abs/script.py`` children forked from a process that imported the daemon once.
+"""``python -m <module>`` and ``python /abs/script.py`` children, forked from one process.
 
 Starting ``python -m bezant_trio`` costs about a second of CPU here before
 ``main()`` runs, nearly all of it imports (Quart pulls in Flask, Jinja2 and
@@ -18,9 +18,8 @@ What a forked child does not repeat is the interpreter's start-up itself:
 the imports, and whatever the environment decides at that moment (the
 ``PYTHON*`` variables, the locale). So :func:`forkable` accepts only
 ``[sys.executable, "-m", module, ...]`` and ``[sys.executable, "/abs/path.py", ...]``,
-and :mod:`bezant_trio.testing.process`
-forks it only with an environment that agrees with the server's on those
-variables; anything else (a launcher, another interpreter, a ``PYTHONPATH``
+and :mod:`bezant_trio.testing.process` forks it only with an environment that
+agrees with the server's on those variables; anything else (a launcher, another interpreter, a ``PYTHONPATH``
 of its own) is exec'd as before, as are the tests of start-up itself (the
 zipapp on a bare Python, the daemon under a launcher).
 
